@@ -1,0 +1,429 @@
+package chunkstore
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/understudy/understudy/index"
+)
+
+// Uploader saves blobs into new packs of one repository. It is safe for
+// concurrent use; Save compresses outside any lock, so several goroutines
+// calling it keep several cores busy. See the package doc for the order of
+// writes.
+type Uploader struct {
+	repo *Repo
+
+	mu      sync.Mutex // guards pending, data, tree
+	pending map[index.ID]*pendingBlob
+	data    *packWriter
+	tree    *packWriter
+
+	// Sealing jobs, in the order they must commit. qmu is taken after mu,
+	// never before it; the sealer takes mu only without qmu.
+	qmu     sync.Mutex
+	qcond   *sync.Cond
+	queue   []sealJob
+	closed  bool
+	sealerr atomic.Pointer[error]
+	sealWG  sync.WaitGroup
+
+	bufs sync.Pool
+
+	// Counters of what this uploader added to the repository.
+	BlobsAdded  atomic.Int64
+	BytesAdded  atomic.Int64 // stored (compressed) bytes
+	RawAdded    atomic.Int64 // uncompressed bytes of the added blobs
+	PacksSealed atomic.Int64
+}
+
+// pendingBlob is a claimed blob that is not yet committed to the index.
+// ready is closed once it has been appended to an open pack.
+type pendingBlob struct{ ready chan struct{} }
+
+type sealJob struct {
+	w     *packWriter
+	snaps []index.Snapshot
+	done  chan struct{} // closed after the job, if not nil
+}
+
+// sealQueue is how many sealed packs may wait for their fsync and commit
+// before Save blocks: back-pressure without holding anything in memory.
+const sealQueue = 4
+
+// NewUploader starts an uploader. The repository must be open exclusively.
+// Every uploader must end with Flush or Abort.
+func (r *Repo) NewUploader() *Uploader {
+	u := &Uploader{
+		repo:    r,
+		pending: make(map[index.ID]*pendingBlob),
+	}
+	u.qcond = sync.NewCond(&u.qmu)
+	u.sealWG.Add(1)
+	go u.sealer()
+	return u
+}
+
+func (u *Uploader) failed() error {
+	if p := u.sealerr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Has reports whether the repository holds blob id or this uploader has
+// claimed it.
+func (u *Uploader) Has(id index.ID) (bool, error) {
+	u.mu.Lock()
+	_, ok := u.pending[id]
+	u.mu.Unlock()
+	if ok {
+		return true, nil
+	}
+	return u.repo.idx.Has(id)
+}
+
+// Save stores blob id of type t with content raw unless the repository
+// already holds it or it is pending. It returns once the blob is in an open
+// pack (so that a tree naming it may be saved after it), and reports whether
+// it was added. raw is not retained.
+func (u *Uploader) Save(ctx context.Context, t index.BlobType, id index.ID, raw []byte) (bool, error) {
+	if err := u.failed(); err != nil {
+		return false, err
+	}
+	if len(raw) > int(MaxRaw(t)) {
+		return false, fmt.Errorf("blob %s: %d bytes exceeds the %d byte maximum for %s blobs", id.Short(), len(raw), MaxRaw(t), t)
+	}
+	p, err := u.claim(id)
+	if err != nil || p == nil {
+		return false, err
+	}
+	if p.ready != nil { // claimed by another caller: wait until it is in a pack
+		select {
+		case <-p.ready:
+		case <-ctx.Done():
+			return false, ctx.Err()
+		}
+		return false, u.failed()
+	}
+	if err := u.add(t, id, raw); err != nil {
+		return false, err
+	}
+	u.backpressure()
+	return true, nil
+}
+
+// claim returns nil if the blob is indexed, the pending entry if another
+// caller claimed it, or a new pending entry with a nil ready channel if this
+// caller must add it.
+func (u *Uploader) claim(id index.ID) (*pendingBlob, error) {
+	u.mu.Lock()
+	p := u.pending[id]
+	u.mu.Unlock()
+	if p != nil {
+		return p, nil
+	}
+	ok, err := u.repo.idx.Has(id)
+	if err != nil || ok {
+		return nil, err
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if p := u.pending[id]; p != nil {
+		return p, nil
+	}
+	u.pending[id] = &pendingBlob{ready: make(chan struct{})}
+	return &pendingBlob{}, nil
+}
+
+func (u *Uploader) add(t index.BlobType, id index.ID, raw []byte) error {
+	bp, _ := u.bufs.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	stored, comp := u.repo.codec.compress(raw, *bp)
+	if comp == index.Zstd {
+		*bp = stored
+	}
+	u.mu.Lock()
+	err := u.appendLocked(t, id, stored, comp, uint32(len(raw)))
+	p := u.pending[id]
+	u.mu.Unlock()
+	u.bufs.Put(bp)
+	close(p.ready)
+	if err != nil {
+		u.setErr(err)
+		return err
+	}
+	u.BlobsAdded.Add(1)
+	u.BytesAdded.Add(int64(len(stored)))
+	u.RawAdded.Add(int64(len(raw)))
+	return nil
+}
+
+func (u *Uploader) setErr(err error) { u.sealerr.CompareAndSwap(nil, &err) }
+
+// appendLocked appends a blob to the open pack of its kind and seals packs
+// that are full. u.mu is held.
+func (u *Uploader) appendLocked(t index.BlobType, id index.ID, stored []byte, comp index.Compression, rawLen uint32) error {
+	w := &u.data
+	if t != index.DataBlob {
+		w = &u.tree
+	}
+	if *w == nil {
+		pw, err := newPackWriter(u.repo.dir, t)
+		if err != nil {
+			return err
+		}
+		*w = pw
+	}
+	if err := (*w).add(PackEntry{ID: id, Type: t, Compression: comp, Length: uint32(len(stored)), RawLength: rawLen}, stored); err != nil {
+		return err
+	}
+	if (*w).size < PackSize {
+		return nil
+	}
+	if t != index.DataBlob {
+		u.sealLocked(&u.data, nil, nil) // the trees' data first: closure rule
+	}
+	u.sealLocked(w, nil, nil)
+	return nil
+}
+
+// sealLocked hands the open pack *w to the sealer and clears *w.
+func (u *Uploader) sealLocked(w **packWriter, snaps []index.Snapshot, done chan struct{}) {
+	job := sealJob{w: *w, snaps: snaps, done: done}
+	*w = nil
+	if job.w == nil && snaps == nil && done == nil {
+		return
+	}
+	u.qmu.Lock()
+	u.queue = append(u.queue, job)
+	u.qcond.Broadcast()
+	u.qmu.Unlock()
+}
+
+// backpressure waits while more than sealQueue packs wait for the sealer.
+func (u *Uploader) backpressure() {
+	u.qmu.Lock()
+	for len(u.queue) > sealQueue {
+		u.qcond.Wait()
+	}
+	u.qmu.Unlock()
+}
+
+func (u *Uploader) next() (sealJob, bool) {
+	u.qmu.Lock()
+	defer u.qmu.Unlock()
+	for len(u.queue) == 0 && !u.closed {
+		u.qcond.Wait()
+	}
+	if len(u.queue) == 0 {
+		return sealJob{}, false
+	}
+	job := u.queue[0]
+	u.queue = u.queue[1:]
+	u.qcond.Broadcast()
+	return job, true
+}
+
+func (u *Uploader) sealer() {
+	defer u.sealWG.Done()
+	for {
+		job, ok := u.next()
+		if !ok {
+			return
+		}
+		if u.failed() == nil {
+			if err := u.seal(job); err != nil {
+				u.setErr(err)
+			}
+		}
+		if u.failed() != nil && job.w != nil {
+			job.w.discard()
+		}
+		if job.done != nil {
+			close(job.done)
+		}
+	}
+}
+
+func (u *Uploader) seal(job sealJob) error {
+	if job.w == nil {
+		if len(job.snaps) > 0 {
+			return errors.New("snapshot record without a pack")
+		}
+		return nil
+	}
+	pack, blobs, err := job.w.finish()
+	if err != nil {
+		return err
+	}
+	if err := u.repo.idx.AddPack(pack, blobs, job.snaps); err != nil {
+		return fmt.Errorf("index pack %s: %w", pack.ID.Short(), err)
+	}
+	u.PacksSealed.Add(1)
+	u.mu.Lock()
+	for _, b := range blobs {
+		delete(u.pending, b.ID)
+	}
+	u.mu.Unlock()
+	return nil
+}
+
+// Flush seals the open packs and waits until everything saved is committed.
+// If record is not nil it is stored as a snapshot blob in the last tree pack
+// and indexed in the same transaction; its ID is returned.
+func (u *Uploader) Flush(record []byte) (index.ID, error) {
+	var snapID index.ID
+	u.mu.Lock()
+	var snaps []index.Snapshot
+	if record != nil {
+		snapID = index.Hash(record)
+		if err := u.appendLocked(index.SnapshotBlob, snapID, record, index.Raw, uint32(len(record))); err != nil {
+			u.mu.Unlock()
+			return snapID, err
+		}
+		snaps = []index.Snapshot{{ID: snapID, Record: record}}
+	}
+	done := make(chan struct{})
+	u.sealLocked(&u.data, nil, nil)
+	u.sealLocked(&u.tree, snaps, done)
+	u.mu.Unlock()
+	<-done
+	return snapID, u.failed()
+}
+
+// Close stops the sealer after Flush. Packs not flushed are discarded.
+func (u *Uploader) Close() {
+	u.mu.Lock()
+	for _, w := range []*packWriter{u.data, u.tree} {
+		if w != nil {
+			w.discard()
+		}
+	}
+	u.data, u.tree = nil, nil
+	u.mu.Unlock()
+	u.qmu.Lock()
+	u.closed = true
+	u.qcond.Broadcast()
+	u.qmu.Unlock()
+	u.sealWG.Wait()
+}
+
+// packWriter writes one pack to a temporary file.
+type packWriter struct {
+	dir     string // repository
+	typ     index.BlobType
+	f       *os.File
+	buf     *bufio.Writer
+	hash    hash.Hash
+	size    int64
+	entries []PackEntry
+}
+
+func newPackWriter(repoDir string, t index.BlobType) (*packWriter, error) {
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	name := filepath.Join(repoDir, "packs", "tmp", "pack-"+hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create pack: %w", err)
+	}
+	w := &packWriter{dir: repoDir, typ: t, f: f, hash: sha256.New()}
+	if t == index.SnapshotBlob {
+		w.typ = index.TreeBlob
+	}
+	w.buf = bufio.NewWriterSize(hashWriter{f, w.hash}, 1<<20)
+	if _, err := w.buf.Write(packHeader()); err != nil {
+		w.discard()
+		return nil, fmt.Errorf("write pack %s: %w", name, err)
+	}
+	w.size = packHeaderSize
+	return w, nil
+}
+
+type hashWriter struct {
+	f *os.File
+	h hash.Hash
+}
+
+func (w hashWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.h.Write(p[:n])
+	return n, err
+}
+
+func (w *packWriter) add(e PackEntry, stored []byte) error {
+	e.Offset = uint32(w.size)
+	if _, err := w.buf.Write(stored); err != nil {
+		return fmt.Errorf("write pack %s: %w", w.f.Name(), err)
+	}
+	w.size += int64(len(stored))
+	w.entries = append(w.entries, e)
+	return nil
+}
+
+// finish writes the trailer, makes the pack durable under its final name and
+// returns what the index must record.
+func (w *packWriter) finish() (index.Pack, []index.Blob, error) {
+	tmp := w.f.Name()
+	fail := func(err error) (index.Pack, []index.Blob, error) {
+		w.discard()
+		return index.Pack{}, nil, fmt.Errorf("seal pack %s: %w", tmp, err)
+	}
+	trailer := appendTrailer(nil, w.entries)
+	if _, err := w.buf.Write(trailer); err != nil {
+		return fail(err)
+	}
+	if err := w.buf.Flush(); err != nil {
+		return fail(err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := w.f.Close(); err != nil {
+		return fail(err)
+	}
+	var id index.ID
+	w.hash.Sum(id[:0])
+	final := packPath(w.dir, id)
+	sub := filepath.Dir(final)
+	if _, err := os.Stat(sub); errors.Is(err, os.ErrNotExist) {
+		if err := os.Mkdir(sub, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return fail(err)
+		}
+		if err := syncDir(filepath.Dir(sub)); err != nil {
+			return fail(err)
+		}
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(sub); err != nil {
+		return index.Pack{}, nil, fmt.Errorf("seal pack %s: %w", final, err)
+	}
+	size := w.size + int64(len(trailer))
+	blobs := make([]index.Blob, len(w.entries))
+	for i, e := range w.entries {
+		blobs[i] = index.Blob{ID: e.ID, Location: e.Location(id)}
+	}
+	return index.Pack{ID: id, Type: w.typ, Size: uint64(size), Count: uint32(len(w.entries))}, blobs, nil
+}
+
+func (w *packWriter) discard() {
+	if w.f != nil {
+		w.f.Close()
+		os.Remove(w.f.Name())
+	}
+}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/understudy/understudy/chunkstore"
+)
+
+// Exit codes (PRODUCT.md).
+const (
+	exitOK      = 0
+	exitError   = 1
+	exitUsage   = 2
+	exitPartial = 3 // snapshot taken, but some paths could not be read
+	exitRefused = 4 // refused by a guard
+)
+
+// exitError carries an exit code other than exitError.
+type codedError struct {
+	code int
+	err  error
+}
+
+func (e *codedError) Error() string { return e.err.Error() }
+func (e *codedError) Unwrap() error { return e.err }
+
+func usageErrorf(format string, args ...any) error {
+	return &codedError{code: exitUsage, err: fmt.Errorf(format, args...)}
+}
+
+// exitCode maps an error to the process exit code: the one place that does.
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ce *codedError
+	if errors.As(err, &ce) {
+		return ce.code
+	}
+	return exitError
+}
+
+// globals are the flags every command has.
+type globals struct {
+	repo    string
+	json    bool
+	quiet   bool
+	verbose bool
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := newRootCmd(g)
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err != nil {
+		var ce *codedError
+		if !errors.As(err, &ce) && isUsage(err) {
+			err = &codedError{code: exitUsage, err: err}
+		}
+		if !(errors.As(err, &ce) && ce.err == errReported) {
+			fmt.Fprintf(stderr, "understudy: %v\n", err)
+		}
+	}
+	return exitCode(err)
+}
+
+// errReported marks an error whose details were already printed.
+var errReported = errors.New("reported")
+
+// isUsage recognises cobra's own argument and flag errors.
+func isUsage(err error) bool {
+	msg := err.Error()
+	for _, s := range []string{"unknown command", "unknown flag", "unknown shorthand", "flag needs an argument",
+		"invalid argument", "accepts ", "requires at least", "required flag", "arg(s)"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func newRootCmd(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "understudy",
+		Short: "Keep a standby host a faithful, versioned copy of a primary's OS tree",
+		Long: `understudy takes content-defined-chunked, compressed point-in-time snapshots
+of a host's operating system tree, replicates them to a standby, and restores
+or rolls back any of them.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &codedError{code: exitUsage, err: err}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("UNDERSTUDY_REPO"), "repository directory (env UNDERSTUDY_REPO)")
+	pf.BoolVar(&g.json, "json", false, "print machine-readable JSON")
+	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
+	pf.BoolVarP(&g.verbose, "verbose", "v", false, "print more detail")
+	root.AddCommand(
+		newInitCmd(g),
+		newSnapshotCmd(g),
+		newSnapshotsCmd(g),
+		newLsCmd(g),
+		newCatCmd(g),
+		newDiffCmd(g),
+		newRestoreCmd(g),
+		newCheckCmd(g),
+	)
+	return root
+}
+
+// openRepo opens the repository named by --repo.
+func (g *globals) openRepo(mode chunkstore.LockMode, what string) (*chunkstore.Repo, error) {
+	if g.repo == "" {
+		return nil, usageErrorf("no repository: give --repo DIR or set UNDERSTUDY_REPO")
+	}
+	return chunkstore.Open(g.repo, chunkstore.OpenOptions{Mode: mode, What: what, Wait: 0 * time.Second})
+}
+
+// printf prints unless --quiet.
+func (g *globals) printf(format string, args ...any) {
+	if !g.quiet {
+		fmt.Fprintf(g.stdout, format, args...)
+	}
+}

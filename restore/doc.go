@@ -1,0 +1,27 @@
+// Package restore materialises a snapshot into a directory.
+//
+// Every write is relative to a directory file descriptor that was opened
+// with O_NOFOLLOW, starting from the target: a symlink that exists in the
+// target, or is planted there during the restore, is never followed, so
+// nothing is ever written outside the target. Names come from tree blobs,
+// whose decoder already rejects "", ".", "..", '/' and NUL; link paths
+// between hard links are resolved within the snapshot, never in the target.
+//
+// The algorithm:
+//
+//	walk the snapshot's trees depth-first (one goroutine):
+//	    for each entry in scope (and under --path):
+//	        directory: reuse an existing directory, else replace what is
+//	                   there; open it O_NOFOLLOW; recurse
+//	        hard link to an entry restored in this run: linkat
+//	        file: replace what is there by a new file; queue its content
+//	        symlink, device, FIFO, socket: replace and create
+//	    with --delete: remove target entries the snapshot lacks, inside the
+//	    snapshot's scope only, never across a filesystem boundary
+//	    queue the directory for its metadata
+//	writers (several): load, verify and write each file's data extents at
+//	    their offsets (holes stay holes), truncate to size, then metadata:
+//	    owner, mode, xattrs, mtime, flags
+//	finisher (one): directories in post-order, once their files are
+//	    written: owner, mode, xattrs, mtime, flags
+package restore

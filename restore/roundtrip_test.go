@@ -1,0 +1,147 @@
+package restore_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/understudy/understudy/chunkstore"
+	"github.com/understudy/understudy/index"
+	"github.com/understudy/understudy/restore"
+	"github.com/understudy/understudy/snapshot"
+	"github.com/understudy/understudy/snapshot/selection"
+	"github.com/understudy/understudy/snapshot/testtree"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (owners, devices, trusted.* xattrs, flags); run as root as CI does")
+	}
+}
+
+func openRepo(t *testing.T) *chunkstore.Repo {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "repo")
+	if _, err := chunkstore.Init(dir, chunkstore.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := chunkstore.Open(dir, chunkstore.OpenOptions{Mode: chunkstore.Exclusive, What: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := r.Index().Check(); err != nil {
+			t.Errorf("index: %v", err)
+		}
+		r.Close()
+	})
+	return r
+}
+
+// take snapshots paths (absolute, under root "/") and fails on warnings.
+func take(t *testing.T, r *chunkstore.Repo, excludes []string, paths ...string) *snapshot.Result {
+	t.Helper()
+	sel, err := selection.New(paths, excludes, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := snapshot.Take(context.Background(), r, snapshot.Options{Selection: sel, Set: "test", Host: "test",
+		Warn: func(p string, err error) { t.Errorf("warning: %s: %v", p, err) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// subtreeID returns the tree ID of the directory at path p of a snapshot.
+func subtreeID(t *testing.T, r *chunkstore.Repo, root index.ID, p string) index.ID {
+	t.Helper()
+	n, _, err := snapshot.Resolve(r, root, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n.Subtree
+}
+
+func TestRoundTripEveryFileType(t *testing.T) {
+	needRoot(t)
+	base := t.TempDir()
+	src := filepath.Join(base, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testtree.Every(t, src)
+	r := openRepo(t)
+	s1 := take(t, r, nil, src)
+
+	target := filepath.Join(base, "target")
+	st, err := restore.Run(context.Background(), r, s1.Record, restore.Options{Target: target,
+		Warn: func(p string, err error) { t.Errorf("restore warning: %s: %v", p, err) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Files == 0 || st.Links == 0 {
+		t.Fatalf("restore stats look wrong: %+v", st)
+	}
+	restored := filepath.Join(target, src)
+	testtree.Compare(t, src, restored)
+
+	// Snapshot the restored copy: the directory's tree ID is the same.
+	s2 := take(t, r, nil, restored)
+	if a, b := subtreeID(t, r, s1.Record.Root, src), subtreeID(t, r, s2.Record.Root, restored); a != b {
+		t.Fatalf("tree ID of the restored directory differs: %s vs %s", a.Short(), b.Short())
+	}
+	if s2.Record.Stats.BlobsAdded > 2 {
+		t.Errorf("snapshot of the restored copy added %d blobs; its content was all known", s2.Record.Stats.BlobsAdded)
+	}
+}
+
+func TestRestoreOverExistingWithDelete(t *testing.T) {
+	needRoot(t)
+	base := t.TempDir()
+	src := filepath.Join(base, "src")
+	testtree.Build(t, base, testtree.Dir{"src": testtree.Dir{
+		"keep":     testtree.File{Content: []byte("keep")},
+		"excluded": testtree.Dir{"x": testtree.File{Content: []byte("x")}},
+		"sub":      testtree.Dir{"a": testtree.File{Content: []byte("a")}},
+	}})
+	r := openRepo(t)
+	s := take(t, r, []string{"/excluded/", "excluded/"}, src)
+
+	target := filepath.Join(base, "target")
+	tsrc := filepath.Join(target, src)
+	if err := os.MkdirAll(filepath.Dir(tsrc), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testtree.Build(t, filepath.Dir(tsrc), testtree.Dir{"src": testtree.Dir{
+		"keep":     testtree.File{Content: []byte("old content")},
+		"extra":    testtree.File{Content: []byte("extra")},
+		"excluded": testtree.Dir{"local": testtree.File{Content: []byte("local")}},
+		"sub":      testtree.Symlink{Target: "/"}, // must be replaced, not followed
+	}})
+	if _, err := restore.Run(context.Background(), r, s.Record, restore.Options{Target: target, Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	mustContent(t, filepath.Join(tsrc, "keep"), "keep")
+	mustContent(t, filepath.Join(tsrc, "sub", "a"), "a")
+	mustContent(t, filepath.Join(tsrc, "excluded", "local"), "local") // excluded: untouched
+	if _, err := os.Lstat(filepath.Join(tsrc, "extra")); !os.IsNotExist(err) {
+		t.Fatalf("extra file not deleted: %v", err)
+	}
+	if _, err := os.Lstat("/a"); err == nil {
+		t.Fatal("a file was written through the symlink to /")
+	}
+}
+
+func mustContent(t *testing.T, name, want string) {
+	t.Helper()
+	got, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Fatalf("%s: got %q, want %q", name, got, want)
+	}
+}

@@ -1,0 +1,25 @@
+// Package snapshot takes a point-in-time snapshot of a filesystem tree:
+// walk and select (package selection) → read → chunk → hash → compress →
+// store (package chunkstore), recording one tree blob per directory (package
+// tree) and finally a snapshot record.
+//
+// The pipeline, with the bound on what each stage holds:
+//
+//	walker (1 goroutine)   depth-first, names in byte order, through
+//	                       directory file descriptors; lstat, metadata, opens
+//	                       regular files and queues them          ≤ fileQueue files
+//	readers (Readers)      SEEK_DATA/SEEK_HOLE, content-defined chunks,
+//	                       SHA-256; known chunks are only referenced ≤ 1 chunk buffer each
+//	savers (GOMAXPROCS)    compress and append new chunks to the
+//	                       open data pack (chunkstore.Uploader)    ≤ saveQueue chunks
+//	finisher (1)           directories in post-order: waits for its
+//	                       files, encodes and saves the tree blob  ≤ dirQueue directories
+//
+// Memory is therefore bounded by the queues, the chunk size and the widest
+// directory on the walker's stack, not by the size of the tree.
+//
+// Hard links: the first path of an inode with several links, in the walk's
+// order, is stored as a file; every later path stores LinkTo, the first
+// path relative to its own directory ("../bin/a"). Because the order is
+// fixed by the names, the same tree always gives the same LinkTo values.
+package snapshot
