@@ -29,15 +29,15 @@ type saveJob struct {
 }
 
 type reader struct {
-	ctx    context.Context
-	cfg    chunkstore.Config
-	up     *chunkstore.Uploader
-	saves  chan<- *saveJob
-	bufs   *sync.Pool
-	warn   func(path string, err error)
-	stats  *counters
-	chk    *chunker.Chunker
-	small  []byte
+	ctx   context.Context
+	cfg   chunkstore.Config
+	up    *chunkstore.Uploader
+	saves chan<- *saveJob
+	bufs  *sync.Pool
+	warn  func(path string, err error)
+	stats *counters
+	chk   *chunker.Chunker
+	small []byte
 }
 
 func newBufPool(size int) *sync.Pool {

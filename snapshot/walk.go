@@ -21,14 +21,14 @@ import (
 // dirJob is a directory being snapshotted: its nodes, the files still being
 // read, and where its tree ID goes when it is saved.
 type dirJob struct {
-	path   string
-	nodes  []tree.Node // capacity fixed at creation: pointers into it stay valid
-	drop   []bool      // nodes left out (could not be read)
+	path     string
+	nodes    []tree.Node    // capacity fixed at creation: pointers into it stay valid
+	drop     []bool         // nodes left out (could not be read)
 	files    sync.WaitGroup // one count per file in fileJobs, done when it is read
 	fileJobs []*fileJob
 	links    []linkRef // hard links whose content comes from their first path
-	parent *tree.Node
-	root   bool
+	parent   *tree.Node
+	root     bool
 }
 
 type linkRef struct {

@@ -97,4 +97,3 @@ func runRestore(ctx context.Context, g *globals, opts restoreOptions) error {
 	}
 	return err
 }
-

@@ -29,8 +29,8 @@ func newSnapshotsCmd(g *globals) *cobra.Command {
 
 // snapshotJSON is the stable --json form of a snapshot in listings.
 type snapshotJSON struct {
-	ID       index.ID `json:"id"`
-	ShortID  string   `json:"short_id"`
+	ID      index.ID `json:"id"`
+	ShortID string   `json:"short_id"`
 	*snapshot.Record
 }
 
