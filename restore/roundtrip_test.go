@@ -1,10 +1,13 @@
 package restore_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
@@ -160,5 +163,67 @@ func mustContent(t *testing.T, name, want string) {
 	}
 	if string(got) != want {
 		t.Fatalf("%s: got %q, want %q", name, got, want)
+	}
+}
+
+// A 100 GiB file holding 1 MiB of data is read as holes and written back as
+// holes: the restored file has the same size, the same data and allocates
+// about as little as the original. (How long it takes is measured in
+// bench/RESULTS.md, not here.)
+func TestHugeSparseFile(t *testing.T) {
+	base := t.TempDir()
+	src := filepath.Join(base, "src")
+	os.Mkdir(src, 0o755)
+	name := filepath.Join(src, "sparse")
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size, at = 100 << 30, 37 << 30
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>11)
+	}
+	if _, err := f.WriteAt(data, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Skipf("the filesystem of %s cannot hold a 100 GiB sparse file: %v", base, err)
+	}
+	f.Close()
+
+	r := openRepo(t)
+	s := take(t, r, nil, src)
+	if s.Record.Stats.BytesRead > 2<<20 {
+		t.Errorf("read %d bytes of a file with 1 MiB of data", s.Record.Stats.BytesRead)
+	}
+	target := filepath.Join(base, "target")
+	if _, err := restore.Run(context.Background(), r, s.Record, restore.Options{Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Open(filepath.Join(target, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	var st, orig unix.Stat_t
+	unix.Fstat(int(out.Fd()), &st)
+	unix.Stat(name, &orig)
+	if st.Size != size {
+		t.Fatalf("restored size %d, want %d", st.Size, size)
+	}
+	if st.Blocks > orig.Blocks+2048 { // 512-byte blocks: at most 1 MiB more than the original
+		t.Errorf("restored file allocates %d blocks, the original %d", st.Blocks, orig.Blocks)
+	}
+	got := make([]byte, len(data)+8192)
+	if _, err := out.ReadAt(got, at-4096); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[4096:4096+len(data)], data) || bytes.Count(got[:4096], []byte{0}) != 4096 ||
+		bytes.Count(got[4096+len(data):], []byte{0}) != 4096 {
+		t.Error("restored data differs around the data region")
+	}
+	if off, err := unix.Seek(int(out.Fd()), 0, unix.SEEK_DATA); err != nil || off < at-1<<20 {
+		t.Errorf("first data at %d (%v), want near %d", off, err, at)
 	}
 }

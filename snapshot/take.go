@@ -80,6 +80,11 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		return nil, fmt.Errorf("stat root %s: %w", opts.Root, err)
 	}
 
+	var repoSt unix.Stat_t
+	if err := unix.Stat(repo.Dir(), &repoSt); err != nil {
+		return nil, fmt.Errorf("stat repository: %w", err)
+	}
+
 	var warnMu sync.Mutex
 	var warnings []Warning
 	warn := func(p string, err error) {
@@ -109,7 +114,8 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		defer close(dirs)
 		defer close(files)
 		w := &walker{ctx: gctx, sel: opts.Selection, owners: fsmeta.NewOwners(), files: files, dirs: dirs,
-			warn: warn, links: make(map[inode]*fileJob), linkOth: make(map[inode]string), stats: &stats, opened: opts.opened}
+			warn: warn, links: make(map[inode]*fileJob), linkOth: make(map[inode]string), stats: &stats, opened: opts.opened,
+			repo: inode{uint64(repoSt.Dev), repoSt.Ino}}
 		return w.walk(rootfd, "/", opts.Selection.Root(), uint64(rootSt.Dev), rootJob)
 	})
 	var readWG sync.WaitGroup
@@ -169,6 +175,9 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		Parent:        opts.Parent,
 		Warnings:      warnings,
 	}
+	// The stats count every data and tree blob (they are counted when
+	// saved); the record's own blob is not in them. The returned record is
+	// exactly the stored one.
 	rec.Stats = stats.snapshot(up, start)
 	data, err := rec.Encode()
 	if err != nil {
@@ -178,7 +187,6 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	if err != nil {
 		return nil, err
 	}
-	rec.Stats = stats.snapshot(up, start) // what the reader sees includes the last packs
 	return &Result{ID: id, Record: rec}, nil
 }
 

@@ -65,6 +65,9 @@ type walker struct {
 	linkOth map[inode]string   // first path of multiply-linked non-regular inodes
 	stats   *counters
 	opened  func(path string) // test hook: called for every file opened for reading
+	// repo is the repository's own directory: never taken, or a snapshot
+	// of "/" would copy the packs it is writing.
+	repo inode
 }
 
 // counters are updated concurrently while a snapshot runs.
@@ -193,6 +196,11 @@ func (w *walker) entry(dirfd int, dir string, class selection.Class, dev uint64,
 
 func (w *walker) dir(dirfd int, p, name string, st *unix.Stat_t, parentClass, class selection.Class, dev uint64, job *dirJob, idx int) error {
 	n := &job.nodes[idx]
+	if (inode{uint64(st.Dev), st.Ino}) == w.repo {
+		job.nodes = job.nodes[:idx]
+		job.drop = job.drop[:idx]
+		return nil
+	}
 	fd, err := openDir(dirfd, name)
 	if err != nil {
 		w.warn(p, err)
