@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for the given time each (default 5s): CI runs it
 # short, by hand run it long, e.g. `bash bench/fuzz.sh 10m`.
+# With KEEP=N, up to N of the smallest inputs the fuzzer found interesting are
+# copied into the package's testdata/fuzz/<target>/ so that plain `go test`
+# replays them from then on (commit them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t=${1:-5s}
+keep=${KEEP:-0}
+cache=$(go env GOCACHE)/fuzz
 for pkg in $(go list ./...); do
   dir=$(go list -f '{{.Dir}}' "$pkg")
   for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //'); do
     echo "fuzz $pkg $f ($t)"
-    go test "$pkg" -run '^$' -fuzz "^$f\$" -fuzztime "$t" >/tmp/fuzz-$f.log 2>&1 || { cat /tmp/fuzz-$f.log; exit 1; }
+    log=$(mktemp)
+    go test "$pkg" -run '^$' -fuzz "^$f\$" -fuzztime "$t" >"$log" 2>&1 || { cat "$log"; exit 1; }
+    rm -f "$log"
+    if [ "$keep" -gt 0 ] && [ -d "$cache/$pkg/$f" ]; then
+      mkdir -p "$dir/testdata/fuzz/$f"
+      ls -S -r "$cache/$pkg/$f" | head -n "$keep" | while read -r c; do
+        cp "$cache/$pkg/$f/$c" "$dir/testdata/fuzz/$f/$c"
+      done
+    fi
   done
 done

@@ -86,7 +86,12 @@ func storeHostile(t *testing.T, r *chunkstore.Repo, data [][]byte, trees ...[]by
 			t.Fatal(err)
 		}
 	}
-	rec := &snapshot.Record{Version: snapshot.RecordVersion, Time: time.Now(), Root: index.Hash(trees[len(trees)-1]),
+	root := index.Hash(trees[len(trees)-1])
+	rootDir, err := snapshot.EncodeRootDir(tree.Node{Type: tree.Dir, Mode: 0o755, Subtree: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &snapshot.Record{Version: snapshot.RecordVersion, Time: time.Now(), Root: root, RootDir: rootDir,
 		Set: "evil", Paths: []string{"/"}}
 	b, err := rec.Encode()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/understudy/understudy/snapshot"
+	"github.com/understudy/understudy/snapshot/fsmeta"
 	"github.com/understudy/understudy/snapshot/selection"
 	"github.com/understudy/understudy/snapshot/tree"
 )
@@ -143,6 +144,11 @@ func Run(ctx context.Context, loader snapshot.BlobLoader, rec *snapshot.Record, 
 			return nil, fmt.Errorf("target %s: %w", opts.Target, err)
 		}
 	}
+	var self *dirHandle // the target itself, for the metadata of "/"
+	if rootDir != nil {
+		self = rootDir.ref()
+		defer self.unref()
+	}
 	g.Go(func() error {
 		defer close(r.dirs)
 		defer close(r.files)
@@ -160,6 +166,16 @@ func Run(ctx context.Context, loader snapshot.BlobLoader, rec *snapshot.Record, 
 	}
 	g.Go(r.finisher)
 	err = g.Wait()
+	if err == nil && self != nil && !opts.DryRun && sel.Root() == selection.InScope && r.filterClass("/") == filterAll {
+		// "/" is in the scope: the target takes its metadata, last.
+		n, rerr := rec.RootNode()
+		if rerr != nil {
+			return nil, rerr
+		}
+		if aerr := fsmeta.Apply(self.fd, ".", self.fd, n); aerr != nil {
+			r.warn("/", aerr)
+		}
+	}
 	if err == nil && r.stats.warnings.Load() > 0 {
 		err = fmt.Errorf("%w: %d problems, each reported above", ErrIncomplete, r.stats.warnings.Load())
 	}

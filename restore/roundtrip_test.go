@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -225,5 +226,46 @@ func TestHugeSparseFile(t *testing.T) {
 	}
 	if off, err := unix.Seek(int(out.Fd()), 0, unix.SEEK_DATA); err != nil || off < at-1<<20 {
 		t.Errorf("first data at %d (%v), want near %d", off, err, at)
+	}
+}
+
+// A snapshot of a whole root ("/" listed, as the seed's set does) restored
+// into an empty directory: the directory takes the metadata of "/" too, and
+// snapshotting the copy as a root gives the same root tree and root entry.
+func TestRoundTripWholeRoot(t *testing.T) {
+	needRoot(t)
+	base := t.TempDir()
+	src := filepath.Join(base, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	testtree.Every(t, src)
+	os.Chmod(src, 0o751)
+	os.Lchown(src, 12, 34)
+	os.Chtimes(src, time.Unix(0, 0), time.Unix(1234567890, 123456789))
+	r := openRepo(t)
+	takeRoot := func(root string) *snapshot.Result {
+		sel, err := selection.New([]string{"/"}, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := snapshot.Take(context.Background(), r, snapshot.Options{Root: root, Selection: sel, Set: "os", Host: "test",
+			Warn: func(p string, err error) { t.Errorf("warning: %s: %v", p, err) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	s1 := takeRoot(src)
+	target := filepath.Join(base, "target")
+	t.Cleanup(func() { testtree.ClearFlags(t, target) })
+	if _, err := restore.Run(context.Background(), r, s1.Record, restore.Options{Target: target,
+		Warn: func(p string, err error) { t.Errorf("restore warning: %s: %v", p, err) }}); err != nil {
+		t.Fatal(err)
+	}
+	testtree.Compare(t, src, target)
+	s2 := takeRoot(target)
+	if s1.Record.Root != s2.Record.Root || !bytes.Equal(s1.Record.RootDir, s2.Record.RootDir) {
+		t.Fatalf("root differs after the round trip: %s vs %s", s1.Record.Root.Short(), s2.Record.Root.Short())
 	}
 }

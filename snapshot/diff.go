@@ -26,6 +26,25 @@ func Diff(ctx context.Context, l BlobLoader, a, b index.ID, fn func(Change) erro
 	return diffTrees(ctx, l, "/", a, b, fn)
 }
 
+// DiffRecords is Diff of two snapshots, including the metadata of "/"
+// itself, which is reported first.
+func DiffRecords(ctx context.Context, l BlobLoader, a, b *Record, fn func(Change) error) error {
+	ra, err := a.RootNode()
+	if err != nil {
+		return err
+	}
+	rb, err := b.RootNode()
+	if err != nil {
+		return err
+	}
+	if attrs := MetadataChanges(ra, rb); len(attrs) > 0 {
+		if err := fn(Change{Path: "/", Kind: 'U', Attrs: attrs}); err != nil {
+			return err
+		}
+	}
+	return Diff(ctx, l, a.Root, b.Root, fn)
+}
+
 func diffTrees(ctx context.Context, l BlobLoader, p string, a, b index.ID, fn func(Change) error) error {
 	if a == b {
 		return nil

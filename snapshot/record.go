@@ -8,6 +8,7 @@ import (
 
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
+	"github.com/understudy/understudy/snapshot/tree"
 )
 
 // RecordVersion is the version of the snapshot record format.
@@ -17,9 +18,13 @@ const RecordVersion = 1
 // it went. It is stored as JSON in a snapshot blob and in the index; its ID is
 // the SHA-256 of those bytes.
 type Record struct {
-	Version       int       `json:"version"`
-	Time          time.Time `json:"time"`
-	Root          index.ID  `json:"root"` // tree of the root directory "/"
+	Version int       `json:"version"`
+	Time    time.Time `json:"time"`
+	Root    index.ID  `json:"root"` // tree of the root directory "/"
+	// RootDir is the directory "/" itself (its owner, mode, times, xattrs,
+	// flags), which no tree holds: a tree blob with one directory entry
+	// named "root" whose subtree is Root. See RootNode.
+	RootDir       []byte    `json:"root_dir"`
 	Set           string    `json:"set"`
 	Host          string    `json:"host"`
 	Paths         []string  `json:"paths"`
@@ -75,5 +80,31 @@ func DecodeRecord(data []byte) (*Record, error) {
 	if len(r.Paths) == 0 {
 		return nil, fmt.Errorf("%w: no paths", ErrBadRecord)
 	}
+	if _, err := r.RootNode(); err != nil {
+		return nil, err
+	}
 	return &r, nil
+}
+
+// rootName is the name of the single entry of a record's RootDir.
+const rootName = "root"
+
+// RootNode decodes RootDir: the metadata of the directory "/" of the
+// snapshot.
+func (r *Record) RootNode() (*tree.Node, error) {
+	t, err := tree.Decode(r.RootDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: root_dir: %w", ErrBadRecord, err)
+	}
+	if len(t.Nodes) != 1 || t.Nodes[0].Name != rootName || t.Nodes[0].Type != tree.Dir || t.Nodes[0].Subtree != r.Root {
+		return nil, fmt.Errorf("%w: root_dir is not the entry of the root tree", ErrBadRecord)
+	}
+	return &t.Nodes[0], nil
+}
+
+// EncodeRootDir returns the RootDir form of n, the node of "/" whose Subtree
+// is the record's Root.
+func EncodeRootDir(n tree.Node) ([]byte, error) {
+	n.Name = rootName
+	return tree.Encode(&tree.Tree{Nodes: []tree.Node{n}})
 }

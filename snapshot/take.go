@@ -107,13 +107,17 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	saves := make(chan *saveJob, saveQueue)
 	dirs := make(chan *dirJob, dirQueue)
 
+	owners := fsmeta.NewOwners()
 	rootNode := &tree.Node{}
+	if err := fsmeta.ReadNode(-1, "", &rootSt, rootfd, owners, rootNode); err != nil {
+		return nil, fmt.Errorf("root %s: %w", opts.Root, err)
+	}
 	rootJob := &dirJob{parent: rootNode, root: true}
 
 	g.Go(func() error {
 		defer close(dirs)
 		defer close(files)
-		w := &walker{ctx: gctx, sel: opts.Selection, owners: fsmeta.NewOwners(), files: files, dirs: dirs,
+		w := &walker{ctx: gctx, sel: opts.Selection, owners: owners, files: files, dirs: dirs,
 			warn: warn, links: make(map[inode]*fileJob), linkOth: make(map[inode]string), stats: &stats, opened: opts.opened,
 			repo: inode{uint64(repoSt.Dev), repoSt.Ino}}
 		return w.walk(rootfd, "/", opts.Selection.Root(), uint64(rootSt.Dev), rootJob)
@@ -162,10 +166,15 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		return nil, err
 	}
 
+	rootDir, err := EncodeRootDir(*rootNode)
+	if err != nil {
+		return nil, err
+	}
 	rec := &Record{
 		Version:       RecordVersion,
 		Time:          opts.Time,
 		Root:          rootNode.Subtree,
+		RootDir:       rootDir,
 		Set:           opts.Set,
 		Host:          opts.Host,
 		Paths:         opts.Selection.Paths(),

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
 	"github.com/understudy/understudy/snapshot/selection"
+	"github.com/understudy/understudy/snapshot/tree"
 )
 
 func newRepo(t *testing.T, dir string) *chunkstore.Repo {
@@ -232,13 +234,15 @@ func TestChunkingAndHoles(t *testing.T) {
 // A second snapshot of an unchanged tree has the same root tree and adds no
 // data; the tree blobs are found in the repository.
 func TestUnchangedTreeSameRoot(t *testing.T) {
-	base := t.TempDir()
-	src := filepath.Join(base, "src")
+	src := t.TempDir()
 	os.MkdirAll(filepath.Join(src, "d"), 0o755)
 	os.WriteFile(filepath.Join(src, "d", "f"), []byte("content"), 0o644)
-	r := newRepo(t, filepath.Join(base, "repo"))
-	a, _ := takeWith(t, r, Options{}, src)
-	b, _ := takeWith(t, r, Options{}, src)
+	r := newRepo(t, filepath.Join(t.TempDir(), "repo"))
+	a, _ := takeWith(t, r, Options{Root: src}, "/")
+	b, _ := takeWith(t, r, Options{Root: src}, "/")
+	if !bytes.Equal(a.Record.RootDir, b.Record.RootDir) {
+		t.Fatal("the metadata of / changed")
+	}
 	if a.Record.Root != b.Record.Root {
 		t.Fatalf("root tree %s then %s", a.Record.Root.Short(), b.Record.Root.Short())
 	}
@@ -259,12 +263,20 @@ func TestUnchangedTreeSameRoot(t *testing.T) {
 
 func TestRecordRoundTrip(t *testing.T) {
 	parent := index.Hash([]byte("parent"))
-	rec := &Record{Version: RecordVersion, Root: index.Hash([]byte("root")), Set: "os", Host: "h",
+	root := index.Hash([]byte("root"))
+	rootDir, err := EncodeRootDir(tree.Node{Type: tree.Dir, Mode: 0o755, Subtree: root, Xattrs: []tree.Xattr{{Name: "security.selinux", Value: []byte("system_u:object_r:root_t:s0\x00")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &Record{Version: RecordVersion, Root: root, RootDir: rootDir, Set: "os", Host: "h",
 		Paths: []string{"/", "/etc/ssh"}, Excludes: []string{"/etc/"}, OneFileSystem: true,
 		Tags: []string{"t"}, Parent: &parent, Stats: Stats{Files: 3},
 		Warnings: []Warning{{Path: "/x", Error: "gone"}}}
 	data, err := rec.Encode()
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodeRecord(data); err != nil {
 		t.Fatal(err)
 	}
 	got, err := DecodeRecord(data)
@@ -275,8 +287,15 @@ func TestRecordRoundTrip(t *testing.T) {
 	if !bytes.Equal(data, again) {
 		t.Fatalf("record changed in a round trip:\n%s\n%s", data, again)
 	}
+	if n, err := got.RootNode(); err != nil || n.Mode != 0o755 || len(n.Xattrs) != 1 {
+		t.Fatalf("root node %+v, %v", n, err)
+	}
+	otherDir, _ := EncodeRootDir(tree.Node{Type: tree.Dir, Subtree: parent})
 	for _, bad := range []string{`{}`, `{"version":2,"root":"` + rec.Root.String() + `","paths":["/"]}`,
-		`{"version":1,"paths":["/"]}`, `{"version":1,"root":"` + rec.Root.String() + `"}`, `[`} {
+		`{"version":1,"paths":["/"]}`, `{"version":1,"root":"` + rec.Root.String() + `"}`, `[`,
+		`{"version":1,"root":"` + root.String() + `","paths":["/"]}`, // no root_dir
+		`{"version":1,"root":"` + root.String() + `","paths":["/"],"root_dir":"` + base64.StdEncoding.EncodeToString(otherDir) + `"}`,
+	} {
 		if _, err := DecodeRecord([]byte(bad)); err == nil {
 			t.Errorf("accepted %s", bad)
 		}
@@ -284,7 +303,9 @@ func TestRecordRoundTrip(t *testing.T) {
 }
 
 func FuzzDecodeRecord(f *testing.F) {
-	rec := &Record{Version: RecordVersion, Root: index.Hash([]byte("root")), Set: "os", Paths: []string{"/"}}
+	root := index.Hash([]byte("root"))
+	rootDir, _ := EncodeRootDir(tree.Node{Type: tree.Dir, Mode: 0o755, Subtree: root})
+	rec := &Record{Version: RecordVersion, Root: root, RootDir: rootDir, Set: "os", Paths: []string{"/"}}
 	data, _ := rec.Encode()
 	f.Add(data)
 	f.Add([]byte(`{"version":1,"root":"zz","paths":["/"]}`))

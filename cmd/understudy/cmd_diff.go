@@ -55,7 +55,7 @@ func runDiff(ctx context.Context, g *globals, ref1, ref2, set string) error {
 	}
 	out := []changeJSON{}
 	counts := map[byte]int{}
-	err = snapshot.Diff(ctx, repo, a.Root, b.Root, func(c snapshot.Change) error {
+	err = snapshot.DiffRecords(ctx, repo, a.Record, b.Record, func(c snapshot.Change) error {
 		counts[c.Kind]++
 		if g.json {
 			out = append(out, changeJSON{Path: c.Path, Kind: changeNames[c.Kind], Attrs: c.Attrs})
