@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -50,12 +51,14 @@ func exitCode(err error) int {
 
 // globals are the flags every command has.
 type globals struct {
-	repo    string
-	json    bool
-	quiet   bool
-	verbose bool
-	stdout  io.Writer
-	stderr  io.Writer
+	repo        string
+	json        bool
+	quiet       bool
+	verbose     bool
+	cpuProfile  string
+	stopProfile func()
+	stdout      io.Writer
+	stderr      io.Writer
 }
 
 func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -65,6 +68,9 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if g.stopProfile != nil {
+		g.stopProfile()
+	}
 	if err != nil {
 		var ce *codedError
 		if !errors.As(err, &ce) && isUsage(err) {
@@ -110,6 +116,19 @@ or rolls back any of them.`,
 	pf.BoolVar(&g.json, "json", false, "print machine-readable JSON")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "print more detail")
+	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to `FILE` (for bench/)")
+	pf.MarkHidden("cpuprofile")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if g.cpuProfile == "" {
+			return nil
+		}
+		f, err := os.Create(g.cpuProfile)
+		if err != nil {
+			return err
+		}
+		g.stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		return pprof.StartCPUProfile(f)
+	}
 	root.AddCommand(
 		newInitCmd(g),
 		newSnapshotCmd(g),
