@@ -40,22 +40,27 @@
 //     is an error.
 //   - A body ending in "/***" matches its directory part when that is a
 //     directory, and everything below it ("dir/***" is "dir/" plus
-//     "dir/**").
+//     "dir/**"): as in rsync, a body ending in "***" is matched, for a
+//     directory, against its path with a "/" appended.
 //
 // Which part of the relative path a body must match:
 //
 //	anchored                         the whole relative path
-//	starts with "**"                 the whole relative path
+//	starts with "**"                 the whole relative path with a "/"
+//	                                 in front (as rsync does)
 //	contains "**" elsewhere          the whole path, or any suffix that
 //	                                 starts right after a "/"
 //	no "/" (and no "**")             the final component only
-//	N inner "/" (and no "**")        the last N+1 components (the whole
-//	                                 path if it has fewer)
+//	N inner "/" (and no "**")        the last N+1 components (nothing
+//	                                 if the path has fewer; a "/" in a
+//	                                 class counts, as in rsync)
 //
 // Thus "core" matches "/core" and "/var/tmp/core"; "/core" only "/core";
 // "tmp/*.log" matches "/var/tmp/x.log"; "cache/**" matches every path below
-// any directory named cache; "**/cache" every cache except the one at the
-// root, whose relative path "cache" has no "/".
+// any directory named cache; "**/cache" every cache, the one at the root
+// too (it is matched as "/cache"), while the anchored "/**/cache" matches
+// every cache except the one at the root, whose relative path "cache" has
+// no "/".
 //
 // # Classes
 //
@@ -91,10 +96,11 @@
 //	    rel = p without its leading "/"
 //	    for each pattern:
 //	        if pattern is directory-only and not isDir: next
-//	        for s in the parts of rel the table above names:
-//	            if body matches s: return true
-//	        if body ends in "/***" and isDir and its directory part
-//	           matches (same parts): return true
+//	        s = rel
+//	        if pattern is unanchored and body starts with "**": s = "/" + s
+//	        if isDir and body ends in "***": s = s + "/"
+//	        for t in the parts of s the table above names:
+//	            if body matches t: return true
 //	    return false
 //
 //	match(body, s):                                  // wildcard bodies

@@ -27,9 +27,14 @@ type pattern struct {
 	literal bool    // body has no wildcard: compared as bytes
 	toks    []token // wildcard body
 
-	// A body "X/***": dirToks match X, which counts only as a directory;
-	// toks ("X/**") match everything below it.
-	dirToks []token
+	// rooted: an unanchored body that starts with "**" is matched, as
+	// rsync does, against the relative path with a "/" in front, so that
+	// "**/cache" also matches "cache" at the root.
+	rooted bool
+	// dirSlash: a body that ends with "***" is matched, for a directory,
+	// against its path with a "/" appended, as rsync does, so that
+	// "dir/***" ("dir/" then "**") also matches dir itself.
+	dirSlash bool
 }
 
 // compilePattern parses raw, an rsync --exclude pattern.
@@ -93,52 +98,42 @@ func parsePattern(raw string) (*pattern, error) {
 	if p.toks, err = compileWild(s); err != nil {
 		return nil, err
 	}
-	if dir, ok := strings.CutSuffix(s, "/***"); ok {
-		if p.dirToks, err = compileWild(dir); err != nil {
-			return nil, err
-		}
-	}
+	p.rooted = !anchored && strings.HasPrefix(s, "**")
+	p.dirSlash = strings.HasSuffix(s, "***")
 	return p, nil
 }
 
-// matches reports whether the pattern excludes the entry with relative
-// path rel (not empty, no leading '/') and final component base.
-func (p *pattern) matches(rel, base string, isDir bool) bool {
+// matches reports whether the pattern excludes the entry with absolute
+// path abs ("/" followed by the relative path, which is not empty).
+func (p *pattern) matches(abs string, isDir bool) bool {
 	if p.dirOnly && !isDir {
 		return false
 	}
+	rel := abs[1:]
 	if p.literal {
-		return p.matchLiteral(rel, base)
+		return p.matchLiteral(rel)
 	}
-	if p.matchWild(p.toks, rel, base) {
-		return true
+	s := rel
+	if p.rooted {
+		s = abs
 	}
-	return isDir && p.dirToks != nil && p.matchWild(p.dirToks, rel, base)
-}
-
-func (p *pattern) matchLiteral(rel, base string) bool {
+	if isDir && p.dirSlash {
+		s += "/"
+	}
 	switch p.scope {
 	case scopeBase:
-		return base == p.body
+		return wildMatch(p.toks, s[strings.LastIndexByte(s, '/')+1:])
 	case scopeFull:
-		return rel == p.body
-	default: // scopeTail: the whole path or a suffix starting after a '/'
-		n := len(rel) - len(p.body)
-		return n >= 0 && rel[n:] == p.body && (n == 0 || rel[n-1] == '/')
-	}
-}
-
-func (p *pattern) matchWild(toks []token, rel, base string) bool {
-	switch p.scope {
-	case scopeBase:
-		return wildMatch(toks, base)
-	case scopeFull:
-		return wildMatch(toks, rel)
+		return wildMatch(p.toks, s)
 	case scopeTail:
-		return wildMatch(toks, lastComponents(rel, p.slashes+1))
-	default: // scopeSuffixes
-		for s := rel; ; {
-			if wildMatch(toks, s) {
+		// A path with fewer components never matches, as in rsync, even
+		// when some of the body's '/' are in classes ("[/a]b"), which
+		// never match one.
+		tail, ok := lastComponents(s, p.slashes+1)
+		return ok && wildMatch(p.toks, tail)
+	default: // scopeSuffixes: the whole path or a suffix starting after a '/'
+		for {
+			if wildMatch(p.toks, s) {
 				return true
 			}
 			i := strings.IndexByte(s, '/')
@@ -150,16 +145,28 @@ func (p *pattern) matchWild(toks []token, rel, base string) bool {
 	}
 }
 
-// lastComponents returns the last n components of rel, or all of rel if it
-// has no more than n.
-func lastComponents(rel string, n int) string {
+func (p *pattern) matchLiteral(rel string) bool {
+	switch p.scope {
+	case scopeBase:
+		return rel[strings.LastIndexByte(rel, '/')+1:] == p.body
+	case scopeFull:
+		return rel == p.body
+	default: // scopeTail: the whole path or a suffix starting after a '/'
+		n := len(rel) - len(p.body)
+		return n >= 0 && rel[n:] == p.body && (n == 0 || rel[n-1] == '/')
+	}
+}
+
+// lastComponents returns the last n components of rel (n >= 1), and false
+// if rel has fewer than n.
+func lastComponents(rel string, n int) (string, bool) {
 	for i := len(rel) - 1; i >= 0; i-- {
 		if rel[i] == '/' {
 			n--
 			if n == 0 {
-				return rel[i+1:]
+				return rel[i+1:], true
 			}
 		}
 	}
-	return rel
+	return rel, n == 1
 }

@@ -174,8 +174,14 @@ func (s *Selection) Excluded(p string, isDir bool) bool {
 	if s.byPath != nil && hit(s.byPath[rel], isDir) {
 		return true
 	}
+	var abs string // "/" + rel, which the patterns that start with "**" need
+	if len(rel) < len(p) {
+		abs = p[len(p)-len(rel)-1:]
+	} else {
+		abs = "/" + rel
+	}
 	for _, pat := range s.others {
-		if pat.matches(rel, base, isDir) {
+		if pat.matches(abs, isDir) {
 			return true
 		}
 	}
