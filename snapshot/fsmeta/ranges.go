@@ -18,20 +18,20 @@ func (r Range) End() int64 { return r.Offset + r.Length }
 // whose fstat or lstat is st, in order, found with lseek SEEK_DATA and
 // SEEK_HOLE up to st.Size. Everything between and after the ranges is a hole.
 //
-// A dense file (st.Blocks*512 >= st.Size) gives one range covering the whole
-// file without probing, and so does a filesystem without SEEK_DATA (EINVAL,
-// as lseek(2) documents). An empty file gives no ranges. The cost is two
-// lseeks per data range, whatever the size of the holes. f's offset is
+// A filesystem without SEEK_DATA (EINVAL, as lseek(2) documents) gives one
+// range covering the whole file. An empty file gives no ranges. The cost is
+// two lseeks per data range, whatever the size of the holes. f's offset is
 // restored before it returns.
+//
+// Every non-empty file is probed, even one whose st_blocks covers its size:
+// st_blocks also counts metadata blocks (an external xattr block, extent tree
+// or indirect blocks), so a file with holes can look dense.
 func DataRanges(f *os.File, st *unix.Stat_t) ([]Range, error) {
 	size := st.Size
 	if size <= 0 {
 		return nil, nil
 	}
 	whole := []Range{{Offset: 0, Length: size}}
-	if st.Blocks*512 >= size {
-		return whole, nil
-	}
 	saved, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
 		return nil, err

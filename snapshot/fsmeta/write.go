@@ -54,8 +54,10 @@ func Symlink(dirfd int, name string, target string) error {
 // fd is an open descriptor of the entry (a regular file or directory) or -1.
 // An attribute the filesystem refuses as unsupported does not stop Apply: the
 // other attributes are set and the returned error wraps ErrUnsupported (one
-// per refused attribute, joined). Any other failure is returned at once, as
-// an *Error naming the entry and the attribute.
+// per refused attribute, joined). Inode flags count one by one: a flag the
+// filesystem lacks (no-copy-on-write on ext4, say) is reported and the
+// others are still set. Any other failure is returned at once, as an *Error
+// naming the entry and the attribute.
 func Apply(dirfd int, name string, fd int, n *tree.Node) error {
 	st, err := Lstat(dirfd, name)
 	if err != nil {
@@ -129,16 +131,47 @@ func Apply(dirfd int, name string, fd int, n *tree.Node) error {
 		case !hasFlags:
 			skipped = append(skipped, unsupported(name, fmt.Sprintf("set flags %#x", n.Flags), unix.EOPNOTSUPP))
 		default:
-			if err := setFlags(fd, want); err != nil {
-				if errors.Is(err, unix.EOPNOTSUPP) {
-					skipped = append(skipped, unsupported(name, fmt.Sprintf("set flags %#x", n.Flags), err))
-				} else {
-					return errors.Join(append(skipped, newError(name, fmt.Sprintf("set flags %#x", n.Flags), err))...)
-				}
+			refused, err := applyFlags(fd, flags, want)
+			if err != nil {
+				return errors.Join(append(skipped, newError(name, fmt.Sprintf("set flags %#x", n.Flags), err))...)
+			}
+			if refused != 0 {
+				skipped = append(skipped, unsupported(name, fmt.Sprintf("set flags %#x", refused), unix.EOPNOTSUPP))
 			}
 		}
 	}
 	return errors.Join(skipped...)
+}
+
+// applyFlags changes the inode flags of fd from have to want. A filesystem
+// refuses a whole FS_IOC_SETFLAGS as unsupported (EOPNOTSUPP) when one flag
+// is foreign to it, such as no-copy-on-write on ext4 or sync on tmpfs; then
+// applyFlags changes the flags one at a time, so that the ones the
+// filesystem has are still set, and returns the bits it refused. Immutable
+// and append-only come last: once set, they forbid changing other flags.
+func applyFlags(fd int, have, want uint32) (refused uint32, err error) {
+	err = setFlags(fd, want)
+	if err == nil || !errors.Is(err, unix.EOPNOTSUPP) {
+		return 0, err
+	}
+	cur := have
+	for _, last := range []bool{false, true} {
+		for bit := uint32(1); bit != 0; bit <<= 1 {
+			if bit&SettableFlags == 0 || (bit&lockFlags != 0) != last || (cur^want)&bit == 0 {
+				continue
+			}
+			next := cur ^ bit
+			switch err := setFlags(fd, next); {
+			case err == nil:
+				cur = next
+			case errors.Is(err, unix.EOPNOTSUPP):
+				refused |= bit
+			default:
+				return refused, err
+			}
+		}
+	}
+	return refused, nil
 }
 
 // chmodNoFollow changes the mode of name in dirfd, which is not a symlink,

@@ -23,16 +23,18 @@ const maxReports = 50
 // too), size, content (sparse-aware: holes are compared without reading
 // them), device number, symlink target, every xattr, inode flags (those a
 // user sets; storage flags such as extents are ignored), the hard-link
-// structure, and for sparse files that b has its holes (its st_blocks is not
-// much larger than a's).
+// structure, and that b has every hole of a: SEEK_DATA finds no data in b
+// where a has a hole (to the block; a hole of a may be data of zeros in b
+// only if it is shorter than a block), and for sparse files b's st_blocks is
+// not much larger than a's (so that b's holes are not preallocated space).
 //
 // Then it runs rsync -aHAXS --numeric-ids --checksum --dry-run
 // --itemize-changes --delete a/ b/, which must print nothing. Two
 // adjustments keep rsync usable: paths longer than rsync's limit are
 // excluded (the walk above covers them), and files over 1 GiB, whose holes
 // rsync --checksum would read byte by byte, are left to a second rsync run
-// without --checksum (the walk compares their content). Without rsync
-// installed, Compare calls t.Skip after its own walk.
+// without --checksum over those files alone (the walk compares their
+// content). Without rsync installed, Compare calls t.Skip after its own walk.
 func Compare(t testing.TB, a, b string) {
 	t.Helper()
 	c := &comparer{
@@ -72,6 +74,8 @@ type comparer struct {
 
 	long []string // topmost paths too long for rsync
 	big  []string // files too large for rsync --checksum
+
+	bufA, bufB []byte // for sameContent, allocated once
 }
 
 func (c *comparer) diff(rel, format string, args ...any) {
@@ -136,7 +140,7 @@ func (c *comparer) entry(afd int, aname string, bfd int, bname string, rel strin
 		c.diff(rel, "%s in a, %s in b", typeName(sa.Mode), typeName(sb.Mode))
 		return
 	}
-	if !deep && len(rel) > rsyncPathLimit {
+	if !deep && tooLongForRsync(rel) {
 		c.long = append(c.long, rel)
 		deep = true
 	}
@@ -257,10 +261,29 @@ func (c *comparer) flagsAndData(afd int, aname string, bfd int, bname string, re
 	if !deep && sa.Size > rsyncChecksumLimit {
 		c.big = append(c.big, rel)
 	}
-	if err := sameContent(fa, fb, sa.Size); err != nil {
+	ra, exactA, err := dataSpans(fa, sa.Size)
+	if err != nil {
+		c.diff(rel, "data ranges of a: %v", err)
+		return
+	}
+	rb, exactB, err := dataSpans(fb, sb.Size)
+	if err != nil {
+		c.diff(rel, "data ranges of b: %v", err)
+		return
+	}
+	if err := c.sameContent(fa, fb, union(ra, rb)); err != nil {
 		c.diff(rel, "%v", err)
 	}
+	if exactA && exactB {
+		gran := max(int64(sa.Blksize), int64(sb.Blksize), 512)
+		if n, at := dataInHoles(rb, ra, gran); n > 0 {
+			c.diff(rel, "holes not recreated: %d bytes of data in b where a has holes, from byte %d", n, at)
+			return
+		}
+	}
 	if sa.Blocks*512 < sa.Size {
+		// Allocated but unwritten blocks (preallocation) are holes to
+		// SEEK_DATA; count them too.
 		slack := 2048 + sa.Blocks/8 // 1 MiB plus an eighth, in 512-byte blocks
 		if sb.Blocks > sa.Blocks+slack {
 			c.diff(rel, "holes not recreated: %d bytes allocated in a, %d in b", sa.Blocks*512, sb.Blocks*512)
@@ -298,21 +321,15 @@ func (c *comparer) dir(afd, bfd int, rel string, deep bool) {
 	}
 }
 
-// sameContent compares two files of equal size: the union of their data
-// ranges byte by byte, holes on both sides not at all (a hole reads as
-// zeros, so a hole against written zeros is equal content).
-func sameContent(fa, fb *os.File, size int64) error {
-	ra, err := dataSpans(fa, size)
-	if err != nil {
-		return fmt.Errorf("data ranges of a: %w", err)
+// sameContent compares two files of equal size over spans, the union of
+// their data ranges, byte by byte; holes on both sides are not read at all (a
+// hole reads as zeros, so a hole against written zeros is equal content).
+func (c *comparer) sameContent(fa, fb *os.File, spans []span) error {
+	if c.bufA == nil {
+		c.bufA, c.bufB = make([]byte, 1<<20), make([]byte, 1<<20)
 	}
-	rb, err := dataSpans(fb, size)
-	if err != nil {
-		return fmt.Errorf("data ranges of b: %w", err)
-	}
-	bufA := make([]byte, 1<<20)
-	bufB := make([]byte, 1<<20)
-	for _, s := range union(ra, rb) {
+	bufA, bufB := c.bufA, c.bufB
+	for _, s := range spans {
 		for off := s.off; off < s.end; {
 			n := int(min(int64(len(bufA)), s.end-off))
 			if _, err := fa.ReadAt(bufA[:n], off); err != nil {

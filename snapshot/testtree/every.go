@@ -1,7 +1,6 @@
 package testtree
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -187,13 +186,22 @@ func checkACL(t testing.TB, root string) {
 	}
 }
 
-// compressible returns n bytes of numbered text lines.
+// compressible returns n bytes of numbered text lines, "line %07d: the
+// quick brown fox jumps over the lazy dog\n", formatted by hand: fmt takes a
+// third of a second for 3 MiB under the race detector.
 func compressible(n int) []byte {
-	var b bytes.Buffer
-	for i := 0; b.Len() < n; i++ {
-		fmt.Fprintf(&b, "line %07d: the quick brown fox jumps over the lazy dog\n", i)
+	const text = ": the quick brown fox jumps over the lazy dog\n"
+	b := make([]byte, 0, n+len(text)+16)
+	var num [7]byte
+	for i := 0; len(b) < n; i++ {
+		for k, v := len(num)-1, i; k >= 0; k, v = k-1, v/10 {
+			num[k] = byte('0' + v%10)
+		}
+		b = append(b, "line "...)
+		b = append(b, num[:]...)
+		b = append(b, text...)
 	}
-	return b.Bytes()[:n]
+	return b[:n]
 }
 
 // longChain returns depth nested directories of 200-byte names, so that the

@@ -136,9 +136,9 @@ func xattrs(dirfd int, name string) (map[string][]byte, error) {
 // span is a run [off, end) of a file.
 type span struct{ off, end int64 }
 
-// dataSpans returns the data runs of f up to size with SEEK_DATA/SEEK_HOLE;
-// without SEEK_DATA, the whole file.
-func dataSpans(f *os.File, size int64) ([]span, error) {
+// dataSpans returns the data runs of f up to size with SEEK_DATA/SEEK_HOLE,
+// and true. Without SEEK_DATA it returns the whole file and false.
+func dataSpans(f *os.File, size int64) ([]span, bool, error) {
 	var out []span
 	for off := int64(0); off < size; {
 		data, err := f.Seek(off, unix.SEEK_DATA)
@@ -146,14 +146,14 @@ func dataSpans(f *os.File, size int64) ([]span, error) {
 			break
 		}
 		if errors.Is(err, unix.EINVAL) {
-			return []span{{0, size}}, nil
+			return []span{{0, size}}, false, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		hole, err := f.Seek(data, unix.SEEK_HOLE)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		hole = min(hole, size)
 		if data >= hole {
@@ -162,8 +162,42 @@ func dataSpans(f *os.File, size int64) ([]span, error) {
 		out = append(out, span{data, hole})
 		off = hole
 	}
-	return out, nil
+	return out, true, nil
 }
+
+// dataInHoles returns how many bytes of the spans data lie outside the
+// spans within, each widened to multiples of gran (the block size: data
+// ranges are whole blocks), and the offset of the first such byte.
+func dataInHoles(data, within []span, gran int64) (n, first int64) {
+	first = -1
+	j := 0
+	for _, d := range data {
+		off := d.off
+		for off < d.end {
+			for j < len(within) && alignUp(within[j].end, gran) <= off {
+				j++
+			}
+			end := d.end
+			if j < len(within) {
+				lo, hi := alignDown(within[j].off, gran), alignUp(within[j].end, gran)
+				if lo <= off {
+					off = min(hi, d.end) // covered up to hi
+					continue
+				}
+				end = min(end, lo)
+			}
+			if first < 0 {
+				first = off
+			}
+			n += end - off
+			off = end
+		}
+	}
+	return n, first
+}
+
+func alignDown(x, gran int64) int64 { return x / gran * gran }
+func alignUp(x, gran int64) int64   { return (x + gran - 1) / gran * gran }
 
 // union merges two sorted span lists into sorted, non-overlapping spans.
 func union(a, b []span) []span {
