@@ -14,6 +14,11 @@
 // redirect a read or a write, and paths longer than PATH_MAX work. /proc must
 // be mounted.
 //
+// The xattr calls are golang.org/x/sys/unix's, not github.com/pkg/xattr's:
+// that library takes paths or *os.File, and wrapping the raw descriptors
+// that openat gives us in an *os.File attaches a finalizer that closes them;
+// what it would add (growing the buffer on ERANGE) is a few lines here.
+//
 // Only regular files and directories are ever opened (for inode flags and
 // xattrs): opening a device or a FIFO can have side effects (a tape rewinds,
 // a FIFO blocks). To open an entry that the caller has not opened, fsmeta
