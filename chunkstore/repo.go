@@ -32,6 +32,9 @@ type OpenOptions struct {
 	What string
 	// Wait is how long to wait for the lock; 0 fails at once.
 	Wait time.Duration
+	// NoIndex leaves index.db closed, for RebuildIndex on a repository
+	// whose index is damaged or missing. Nothing else works without it.
+	NoIndex bool
 }
 
 // Open opens the repository in dir, taking its lock.
@@ -52,13 +55,17 @@ func Open(dir string, opts OpenOptions) (*Repo, error) {
 			return nil, err
 		}
 	}
-	r.idx, err = index.Open(filepath.Join(dir, "index.db"), index.Options{ReadOnly: opts.Mode == Shared})
-	if err != nil {
-		lk.release()
-		return nil, err
+	if !opts.NoIndex {
+		r.idx, err = index.Open(filepath.Join(dir, "index.db"), index.Options{ReadOnly: opts.Mode == Shared})
+		if err != nil {
+			lk.release()
+			return nil, err
+		}
 	}
 	if r.codec, err = newCodec(cfg.Compression); err != nil {
-		r.idx.Close()
+		if r.idx != nil {
+			r.idx.Close()
+		}
 		lk.release()
 		return nil, err
 	}
@@ -87,7 +94,10 @@ func removeTemporaries(dir string) error {
 func (r *Repo) Close() error {
 	r.packs.close()
 	r.codec.close()
-	err := r.idx.Close()
+	var err error
+	if r.idx != nil {
+		err = r.idx.Close()
+	}
 	r.lock.release()
 	return err
 }

@@ -83,7 +83,7 @@ func Open(path string, opts Options) (*DB, error) {
 func (db *DB) checkFormat(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
 	if meta == nil {
-		return fmt.Errorf("index %s: no meta bucket; rebuild it with `understudy repair index`", db.path)
+		return fmt.Errorf("index %s: no meta bucket; rebuild it from the packs with `understudy repair index`", db.path)
 	}
 	v := meta.Get(keyFormat)
 	if len(v) != 4 || binary.BigEndian.Uint32(v) != Format {
@@ -154,6 +154,9 @@ func unmarshalLocation(b []byte) (Location, error) {
 	l.RawLength = binary.BigEndian.Uint32(b[40:])
 	l.Type = BlobType(b[44])
 	l.Compression = Compression(b[45])
+	if !l.Type.Valid() || l.Compression > Zstd || l.Length == 0 && l.RawLength != 0 {
+		return l, fmt.Errorf("index: invalid blob location %x", b)
+	}
 	return l, nil
 }
 
@@ -239,6 +242,20 @@ func (db *DB) AddPack(p Pack, blobs []Blob, snaps []Snapshot) error {
 	})
 }
 
+// AddSnapshots indexes snapshot records whose blobs are already indexed (an
+// index rebuilt from packs adds them after every pack).
+func (db *DB) AddSnapshots(snaps []Snapshot) error {
+	return db.bolt.Update(func(tx *bolt.Tx) error {
+		sb := tx.Bucket(bucketSnapshots)
+		for _, s := range snaps {
+			if err := sb.Put(s.ID[:], s.Record); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // PackInfo returns what the index knows of pack id.
 func (db *DB) PackInfo(id ID) (p Pack, ok bool, err error) {
 	err = db.bolt.View(func(tx *bolt.Tx) error {
@@ -265,7 +282,11 @@ func unmarshalPack(id ID, v []byte) (Pack, error) {
 func (db *DB) ForEachPack(fn func(Pack) error) error {
 	return db.bolt.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketPacks).ForEach(func(k, v []byte) error {
-			p, err := unmarshalPack(ID(k), v)
+			id, err := keyID(k)
+			if err != nil {
+				return err
+			}
+			p, err := unmarshalPack(id, v)
 			if err != nil {
 				return err
 			}
@@ -279,11 +300,15 @@ func (db *DB) ForEachPack(fn func(Pack) error) error {
 func (db *DB) ForEachBlob(fn func(Blob) error) error {
 	return db.bolt.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketBlobs).ForEach(func(k, v []byte) error {
+			id, err := keyID(k)
+			if err != nil {
+				return err
+			}
 			loc, err := unmarshalLocation(v)
 			if err != nil {
 				return fmt.Errorf("blob %x: %w", k, err)
 			}
-			return fn(Blob{ID: ID(k), Location: loc})
+			return fn(Blob{ID: id, Location: loc})
 		})
 	})
 }
@@ -304,7 +329,11 @@ func (db *DB) SnapshotRecord(id ID) (rec []byte, ok bool, err error) {
 func (db *DB) ForEachSnapshot(fn func(id ID, rec []byte) error) error {
 	return db.bolt.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketSnapshots).ForEach(func(k, v []byte) error {
-			return fn(ID(k), v)
+			id, err := keyID(k)
+			if err != nil {
+				return err
+			}
+			return fn(id, v)
 		})
 	})
 }
@@ -320,4 +349,13 @@ func (db *DB) SnapshotsWithPrefix(prefix string) ([]ID, error) {
 		return nil
 	})
 	return ids, err
+}
+
+// keyID converts a bucket key to an ID, refusing keys of the wrong length (a
+// damaged index) instead of panicking.
+func keyID(k []byte) (ID, error) {
+	if len(k) != IDSize {
+		return ID{}, fmt.Errorf("index: key %x is not an ID", k)
+	}
+	return ID(k), nil
 }

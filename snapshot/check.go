@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
 	"github.com/understudy/understudy/snapshot/tree"
 )
@@ -104,3 +105,33 @@ func (c *treeChecker) walk(p string, id index.ID) error {
 	}
 	return nil
 }
+
+// ClosureChecker returns the test RebuildIndex applies to each snapshot
+// record found in the packs: the record decodes, and every tree it reaches
+// loads, verifies and decodes, and every data blob they name is indexed
+// (the closure rule). Trees found good are not read again for later
+// snapshots.
+func ClosureChecker(ctx context.Context) chunkstore.KeepSnapshot {
+	seen := make(map[index.ID]bool)
+	return func(idx *index.DB, load func(index.ID) ([]byte, error), id index.ID, record []byte) error {
+		rec, err := DecodeRecord(record)
+		if err != nil {
+			return err
+		}
+		var first error
+		c := &treeChecker{ctx: ctx, idx: idx, loader: loaderFunc(load), snap: id, seen: seen,
+			report: func(p TreeProblem) {
+				if first == nil {
+					first = p
+				}
+			}}
+		if err := c.walk("/", rec.Root); err != nil {
+			return err
+		}
+		return first
+	}
+}
+
+type loaderFunc func(index.ID) ([]byte, error)
+
+func (f loaderFunc) LoadBlob(id index.ID, _ []byte) ([]byte, error) { return f(id) }

@@ -138,6 +138,7 @@ or rolls back any of them.`,
 		newDiffCmd(g),
 		newRestoreCmd(g),
 		newCheckCmd(g),
+		newRepairCmd(g),
 	)
 	return root
 }
