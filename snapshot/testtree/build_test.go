@@ -134,7 +134,8 @@ func TestEveryHasEveryCase(t *testing.T) {
 		{path: "files/-dash and spaces ", typ: reg, mode: 0o644, size: 5},
 		{path: "files/xattrs", typ: reg, mode: 0o644, size: 2, xattrs: map[string][]byte{
 			"user.text": []byte("hello"), "user.binary": {0, 1, 0xff, 0xfe, 0, '\n'},
-			"user.empty": {}, "trusted.secret": []byte("trusted value")}},
+			"user.empty": {}, "trusted.secret": []byte("trusted value"),
+			"security.selinux": []byte("system_u:object_r:etc_t:s0\x00")}},
 		{path: "tree/a", typ: dir, mode: 0o755, uid: 1234, gid: 5678},
 		{path: "tree/a/b/c/leaf", typ: reg, mode: 0o644, mtime: OddNanos, size: 5},
 		{path: "links", typ: dir, mode: 0o755, mtime: Before70},

@@ -63,7 +63,8 @@ var CapNetBindService = func() []byte {
 //   - modes 4755, 2755 (file and directory), 1777, 0000, 0600
 //   - owners 1234:5678, 0:0, 65534:65534
 //   - mtimes with odd nanoseconds, before 1970 and after 2038
-//   - xattrs user.* (text, binary, empty), trusted.*, security.capability,
+//   - xattrs user.* (text, binary, empty), trusted.*, security.selinux,
+//     security.capability,
 //     and system.posix_acl_access/_default on a directory (setfacl when
 //     installed, else the raw ACL xattrs)
 //   - flags immutable, append-only and nodump on files, nodump on a directory
@@ -102,6 +103,9 @@ func Every(t testing.TB, root string) {
 				"user.binary":    {0, 1, 0xff, 0xfe, 0, '\n'},
 				"user.empty":     {},
 				"trusted.secret": []byte("trusted value"),
+				// An SELinux label, stored as a plain xattr on a kernel
+				// without SELinux, as here; with the NUL the tools write.
+				"security.selinux": []byte("system_u:object_r:etc_t:s0\x00"),
 			}},
 		}},
 		"tree": Dir{"a": Directory{UID: 1234, GID: 5678, Entries: Dir{"b": Dir{"c": Dir{
