@@ -2,12 +2,9 @@ package chunkstore
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/understudy/understudy/index"
 )
@@ -127,13 +124,8 @@ func (r *Repo) checkPack(p index.Pack, indexed uint32, readData bool, report fun
 	if !readData {
 		return
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		report(Problem{Pack: p.ID, Err: fmt.Errorf("read: %w", err)})
-		return
-	}
-	if index.ID(h.Sum(nil)) != p.ID {
-		report(Problem{Pack: p.ID, Err: errors.New("file content does not match its name (hash)")})
+	if err := verifyPackHash(f, fi.Size(), p.ID); err != nil {
+		report(Problem{Pack: p.ID, Err: err})
 	}
 	var buf []byte
 	for _, e := range entries {
@@ -150,28 +142,12 @@ func (r *Repo) checkPack(p index.Pack, indexed uint32, readData bool, report fun
 
 // findUnindexed reports pack files that the index does not know.
 func (r *Repo) findUnindexed(known map[index.ID]bool, report func(Problem)) error {
-	dirs, err := os.ReadDir(filepath.Join(r.dir, "packs"))
-	if err != nil {
-		return err
-	}
-	for _, d := range dirs {
-		if !d.IsDir() || len(d.Name()) != 2 {
-			continue
+	return r.forEachPackFile(func(id index.ID, _ string) error {
+		if !known[id] {
+			report(Problem{Pack: id, Harmless: true, Err: errors.New("pack file is not indexed (left by an interrupted write; `prune` removes it)")})
 		}
-		files, err := os.ReadDir(filepath.Join(r.dir, "packs", d.Name()))
-		if err != nil {
-			return err
-		}
-		for _, f := range files {
-			id, err := index.ParseID(f.Name())
-			if err != nil {
-				report(Problem{Err: fmt.Errorf("unexpected file packs/%s/%s", d.Name(), f.Name())})
-				continue
-			}
-			if !known[id] {
-				report(Problem{Pack: id, Harmless: true, Err: errors.New("pack file is not indexed (left by an interrupted write; `prune` removes it)")})
-			}
-		}
-	}
-	return nil
+		return nil
+	}, func(rel string) {
+		report(Problem{Err: fmt.Errorf("unexpected file packs/%s", rel)})
+	})
 }

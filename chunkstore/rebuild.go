@@ -85,7 +85,7 @@ func (r *Repo) RebuildIndex(ctx context.Context, keep KeepSnapshot, report func(
 		st.Packs++
 		st.Blobs += len(blobs)
 		return nil
-	})
+	}, nil)
 	if err != nil {
 		return st, err
 	}
@@ -157,18 +157,29 @@ func readPackFile(name string, id index.ID) ([]PackEntry, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	if err := verifyPackHash(f, fi.Size(), id); err != nil {
 		return nil, 0, err
-	}
-	if index.ID(h.Sum(nil)) != id {
-		return nil, 0, errors.New("file content does not match its name (hash)")
 	}
 	return entries, fi.Size(), nil
 }
 
-// forEachPackFile calls fn for every file in packs/xx/ named by a pack ID.
-func (r *Repo) forEachPackFile(fn func(id index.ID, name string) error) error {
+// verifyPackHash reads the pack f of the given size and checks that it hashes
+// to its name id.
+func verifyPackHash(f *os.File, size int64, id index.ID) error {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, size)); err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if index.ID(h.Sum(nil)) != id {
+		return errors.New("file content does not match its name (hash)")
+	}
+	return nil
+}
+
+// forEachPackFile calls fn for every file in packs/xx/ named by a pack ID,
+// and unexpected (if not nil) with the path below packs/ of any other file in
+// those directories.
+func (r *Repo) forEachPackFile(fn func(id index.ID, name string) error, unexpected func(rel string)) error {
 	root := filepath.Join(r.dir, "packs")
 	dirs, err := os.ReadDir(root)
 	if err != nil {
@@ -185,6 +196,9 @@ func (r *Repo) forEachPackFile(fn func(id index.ID, name string) error) error {
 		for _, f := range files {
 			id, err := index.ParseID(f.Name())
 			if err != nil || id.String()[:2] != d.Name() {
+				if unexpected != nil {
+					unexpected(d.Name() + "/" + f.Name())
+				}
 				continue
 			}
 			if err := fn(id, filepath.Join(root, d.Name(), f.Name())); err != nil {

@@ -232,28 +232,24 @@ func (db *DB) AddPack(p Pack, blobs []Blob, snaps []Snapshot) error {
 				return err
 			}
 		}
-		sb := tx.Bucket(bucketSnapshots)
-		for _, s := range snaps {
-			if err := sb.Put(s.ID[:], s.Record); err != nil {
-				return err
-			}
-		}
-		return nil
+		return putSnapshots(tx, snaps)
 	})
 }
 
 // AddSnapshots indexes snapshot records whose blobs are already indexed (an
 // index rebuilt from packs adds them after every pack).
 func (db *DB) AddSnapshots(snaps []Snapshot) error {
-	return db.bolt.Update(func(tx *bolt.Tx) error {
-		sb := tx.Bucket(bucketSnapshots)
-		for _, s := range snaps {
-			if err := sb.Put(s.ID[:], s.Record); err != nil {
-				return err
-			}
+	return db.bolt.Update(func(tx *bolt.Tx) error { return putSnapshots(tx, snaps) })
+}
+
+func putSnapshots(tx *bolt.Tx, snaps []Snapshot) error {
+	sb := tx.Bucket(bucketSnapshots)
+	for _, s := range snaps {
+		if err := sb.Put(s.ID[:], s.Record); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // PackInfo returns what the index knows of pack id.

@@ -18,13 +18,6 @@ import (
 	"github.com/understudy/understudy/snapshot/testtree"
 )
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (owners, devices, trusted.* xattrs, flags); run as root as CI does")
-	}
-}
-
 func openRepo(t *testing.T) *chunkstore.Repo {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "repo")
@@ -47,11 +40,17 @@ func openRepo(t *testing.T) *chunkstore.Repo {
 // take snapshots paths (absolute, under root "/") and fails on warnings.
 func take(t *testing.T, r *chunkstore.Repo, excludes []string, paths ...string) *snapshot.Result {
 	t.Helper()
+	return takeAt(t, r, "/", excludes, paths...)
+}
+
+// takeAt is take with the directory root standing for "/".
+func takeAt(t *testing.T, r *chunkstore.Repo, root string, excludes []string, paths ...string) *snapshot.Result {
+	t.Helper()
 	sel, err := selection.New(paths, excludes, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := snapshot.Take(context.Background(), r, snapshot.Options{Selection: sel, Set: "test", Host: "test",
+	res, err := snapshot.Take(context.Background(), r, snapshot.Options{Root: root, Selection: sel, Set: "test", Host: "test",
 		Warn: func(p string, err error) { t.Errorf("warning: %s: %v", p, err) }})
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +69,7 @@ func subtreeID(t *testing.T, r *chunkstore.Repo, root index.ID, p string) index.
 }
 
 func TestRoundTripEveryFileType(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	base := t.TempDir()
 	src := filepath.Join(base, "src")
 	if err := os.Mkdir(src, 0o755); err != nil {
@@ -120,7 +119,7 @@ func countBlobs(t *testing.T, r *chunkstore.Repo, typ index.BlobType) int {
 }
 
 func TestRestoreOverExistingWithDelete(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	base := t.TempDir()
 	src := filepath.Join(base, "src")
 	testtree.Build(t, base, testtree.Dir{"src": testtree.Dir{
@@ -233,7 +232,7 @@ func TestHugeSparseFile(t *testing.T) {
 // into an empty directory: the directory takes the metadata of "/" too, and
 // snapshotting the copy as a root gives the same root tree and root entry.
 func TestRoundTripWholeRoot(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	base := t.TempDir()
 	src := filepath.Join(base, "src")
 	if err := os.Mkdir(src, 0o755); err != nil {
@@ -244,19 +243,7 @@ func TestRoundTripWholeRoot(t *testing.T) {
 	os.Lchown(src, 12, 34)
 	os.Chtimes(src, time.Unix(0, 0), time.Unix(1234567890, 123456789))
 	r := openRepo(t)
-	takeRoot := func(root string) *snapshot.Result {
-		sel, err := selection.New([]string{"/"}, nil, false)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := snapshot.Take(context.Background(), r, snapshot.Options{Root: root, Selection: sel, Set: "os", Host: "test",
-			Warn: func(p string, err error) { t.Errorf("warning: %s: %v", p, err) }})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
-	}
-	s1 := takeRoot(src)
+	s1 := takeAt(t, r, src, nil, "/")
 	target := filepath.Join(base, "target")
 	t.Cleanup(func() { testtree.ClearFlags(t, target) })
 	if _, err := restore.Run(context.Background(), r, s1.Record, restore.Options{Target: target,
@@ -264,7 +251,7 @@ func TestRoundTripWholeRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	testtree.Compare(t, src, target)
-	s2 := takeRoot(target)
+	s2 := takeAt(t, r, target, nil, "/")
 	if s1.Record.Root != s2.Record.Root || !bytes.Equal(s1.Record.RootDir, s2.Record.RootDir) {
 		t.Fatalf("root differs after the round trip: %s vs %s", s1.Record.Root.Short(), s2.Record.Root.Short())
 	}

@@ -162,6 +162,9 @@ func (w *walker) entry(dirfd int, dir string, class selection.Class, dev uint64,
 		return nil
 	}
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
+	if isDir && (inode{uint64(st.Dev), st.Ino}) == w.repo {
+		return nil
+	}
 	childClass := w.sel.Child(class, p, isDir)
 	if childClass == selection.Outside {
 		return nil
@@ -196,11 +199,6 @@ func (w *walker) entry(dirfd int, dir string, class selection.Class, dev uint64,
 
 func (w *walker) dir(dirfd int, p, name string, st *unix.Stat_t, parentClass, class selection.Class, dev uint64, job *dirJob, idx int) error {
 	n := &job.nodes[idx]
-	if (inode{uint64(st.Dev), st.Ino}) == w.repo {
-		job.nodes = job.nodes[:idx]
-		job.drop = job.drop[:idx]
-		return nil
-	}
 	fd, err := openDir(dirfd, name)
 	if err != nil {
 		w.warn(p, err)

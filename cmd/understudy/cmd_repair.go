@@ -33,11 +33,8 @@ index.db.old. Takes the repository's exclusive lock.`,
 }
 
 func runRepairIndex(ctx context.Context, g *globals) error {
-	if g.repo == "" {
-		return usageErrorf("no repository: give --repo DIR or set UNDERSTUDY_REPO")
-	}
 	// The index is not opened: it may be what is damaged.
-	repo, err := chunkstore.Open(g.repo, chunkstore.OpenOptions{Mode: chunkstore.Exclusive, What: "repair index", NoIndex: true})
+	repo, err := g.openRepoWith(chunkstore.OpenOptions{Mode: chunkstore.Exclusive, What: "repair index", NoIndex: true})
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime/pprof"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -145,10 +144,15 @@ or rolls back any of them.`,
 
 // openRepo opens the repository named by --repo.
 func (g *globals) openRepo(mode chunkstore.LockMode, what string) (*chunkstore.Repo, error) {
+	return g.openRepoWith(chunkstore.OpenOptions{Mode: mode, What: what})
+}
+
+// openRepoWith opens the repository named by --repo with opts.
+func (g *globals) openRepoWith(opts chunkstore.OpenOptions) (*chunkstore.Repo, error) {
 	if g.repo == "" {
 		return nil, usageErrorf("no repository: give --repo DIR or set UNDERSTUDY_REPO")
 	}
-	return chunkstore.Open(g.repo, chunkstore.OpenOptions{Mode: mode, What: what, Wait: 0 * time.Second})
+	return chunkstore.Open(g.repo, opts)
 }
 
 // printf prints unless --quiet.

@@ -1,7 +1,6 @@
 package fsmeta
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -11,15 +10,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/understudy/understudy/snapshot/testtree"
 	"github.com/understudy/understudy/snapshot/tree"
 )
-
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (owners, devices, trusted.* xattrs, flags); run as root as CI does")
-	}
-}
 
 // openDir opens the directory p for the *at calls, closed at cleanup.
 func openDir(t *testing.T, p string) int {
@@ -60,54 +53,8 @@ func testOwners(t *testing.T) *Owners {
 	return o
 }
 
-// POSIX ACL xattr (include/uapi/linux/posix_acl_xattr.h): version 2, then
-// entries of tag, perm (uint16) and id (uint32), little endian.
-const (
-	aclUserObj  = 0x01
-	aclUser     = 0x02
-	aclGroupObj = 0x04
-	aclGroup    = 0x08
-	aclMask     = 0x10
-	aclOther    = 0x20
-	aclNoID     = 0xffffffff
-)
-
-type aclEntry struct {
-	tag, perm uint16
-	id        uint32
-}
-
-func aclXattr(entries ...aclEntry) []byte {
-	b := binary.LittleEndian.AppendUint32(nil, 2)
-	for _, e := range entries {
-		b = binary.LittleEndian.AppendUint16(b, e.tag)
-		b = binary.LittleEndian.AppendUint16(b, e.perm)
-		b = binary.LittleEndian.AppendUint32(b, e.id)
-	}
-	return b
-}
-
-// testACL is u::rwx,u:1234:rwx,g::r-x,g:5678:r-x,m::rwx,o::---: a mode's
-// group bits become the mask, rwx.
-var testACL = aclXattr(
-	aclEntry{aclUserObj, 7, aclNoID},
-	aclEntry{aclUser, 7, 1234},
-	aclEntry{aclGroupObj, 5, aclNoID},
-	aclEntry{aclGroup, 5, 5678},
-	aclEntry{aclMask, 7, aclNoID},
-	aclEntry{aclOther, 0, aclNoID},
-)
-
-// capNetBindService is security.capability for cap_net_bind_service+ep
-// (struct vfs_cap_data, revision 2): magic with the effective flag, then
-// permitted and inheritable for capabilities 0-31 and 32-63.
-var capNetBindService = func() []byte {
-	var b []byte
-	for _, v := range []uint32{0x02000000 | 1, 1 << 10, 0, 0, 0} {
-		b = binary.LittleEndian.AppendUint32(b, v)
-	}
-	return b
-}()
+// testACL is the ACL Every puts on its ACL directory.
+var testACL = testtree.EveryACL()
 
 // flagsSupported reports whether the filesystem of dir keeps the given inode
 // flags.

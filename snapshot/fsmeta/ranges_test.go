@@ -42,7 +42,7 @@ func TestDataRanges(t *testing.T) {
 			Xattrs: map[string][]byte{"user.big": data(3000)}}, []Range{{0, 4096}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			needRoot(t) // testtree.Build
+			testtree.NeedRoot(t) // testtree.Build
 			root := t.TempDir()
 			testtree.Build(t, root, testtree.Dir{"f": tc.file})
 			f, err := os.Open(filepath.Join(root, "f"))
@@ -91,7 +91,7 @@ func checkRanges(t *testing.T, got, want []Range, block, size int64) {
 // TestDataRangesSizeFromStat: the ranges stop at the size the caller's stat
 // saw, also when the file has grown since.
 func TestDataRangesSizeFromStat(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := t.TempDir()
 	testtree.Build(t, root, testtree.Dir{"f": testtree.File{Content: data(4096), Size: 1 << 20}})
 	f, err := os.OpenFile(filepath.Join(root, "f"), os.O_RDWR, 0)

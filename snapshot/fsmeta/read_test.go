@@ -52,7 +52,7 @@ var readTree = testtree.Dir{
 			"user.b":              []byte("b"),
 			"user.a":              {},
 			"trusted.t":           {0, 0xff, '\n'},
-			"security.capability": capNetBindService,
+			"security.capability": testtree.CapNetBindService,
 		}},
 	"dir": testtree.Directory{Mode: 0o1770, UID: 1234, GID: 5678, Mtime: testtree.Before70,
 		Xattrs:  map[string][]byte{"system.posix_acl_access": testACL, "system.posix_acl_default": testACL},
@@ -79,7 +79,7 @@ func wantNodes(flags bool) map[string]tree.Node {
 		"file": {Type: tree.File, Mode: 0o4755, UID: 1234, GID: 5678, User: "alice", Group: "staff",
 			MtimeSec: testtree.OddNanos.Unix(), MtimeNsec: uint32(testtree.OddNanos.Nanosecond()),
 			Xattrs: []tree.Xattr{ // sorted by name, byte order
-				{Name: "security.capability", Value: capNetBindService},
+				{Name: "security.capability", Value: testtree.CapNetBindService},
 				{Name: "trusted.t", Value: []byte{0, 0xff, '\n'}},
 				{Name: "user.a", Value: []byte{}}, // empty, not nil
 				{Name: "user.b", Value: []byte("b")},
@@ -119,7 +119,7 @@ func buildReadTree(t *testing.T) (root string, dirfd int, flags bool) {
 }
 
 func TestReadNode(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	_, dirfd, flags := buildReadTree(t)
 	owners := testOwners(t)
 	for name, want := range wantNodes(flags) {
@@ -145,7 +145,7 @@ func TestReadNode(t *testing.T) {
 // TestReadNodeDescriptor reads files and directories through descriptors
 // the caller opened, with and without the directory.
 func TestReadNodeDescriptor(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root, dirfd, flags := buildReadTree(t)
 	owners := testOwners(t)
 	want := wantNodes(flags)
@@ -188,7 +188,7 @@ func TestReadNodeDescriptor(t *testing.T) {
 
 // TestReadNodeNilOwners: without Owners the names stay empty.
 func TestReadNodeNilOwners(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	_, dirfd, _ := buildReadTree(t)
 	n := readNode(t, dirfd, "file", nil)
 	if n.User != "" || n.Group != "" || n.UID != 1234 || n.GID != 5678 {
@@ -200,7 +200,7 @@ func TestReadNodeNilOwners(t *testing.T) {
 // ReadNode: ReadNode must notice, never follow a planted symlink and never
 // open a FIFO (which would block).
 func TestReadNodeChanged(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := t.TempDir()
 	testtree.Build(t, root, testtree.Dir{
 		"victim":  testtree.File{Content: []byte("v")},
@@ -252,7 +252,7 @@ func TestReadNodeChanged(t *testing.T) {
 }
 
 func TestReadNodeMissing(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := t.TempDir()
 	testtree.Build(t, root, testtree.Dir{"gone": testtree.File{}})
 	dirfd := openDir(t, root)
@@ -280,7 +280,7 @@ func TestReadNodeMissing(t *testing.T) {
 // TestReadNodeDeep reads entries far deeper than PATH_MAX, where the xattr
 // calls that only take paths must go through the directory descriptor.
 func TestReadNodeDeep(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := t.TempDir()
 	leaf := testtree.Dir{
 		"file":    testtree.File{Content: []byte("deep"), Xattrs: map[string][]byte{"user.deep": []byte("file")}, Flags: FlagNoDump},
@@ -325,7 +325,7 @@ func TestReadNodeDeep(t *testing.T) {
 // TestReadNodeBigXattrs reads more names and longer values than the first
 // buffers hold, on tmpfs, which takes values of any size.
 func TestReadNodeBigXattrs(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := mountFS(t, "tmpfs")
 	xattrs := map[string][]byte{"user.big": bytes.Repeat([]byte("v"), 60000)}
 	for i := range 40 {

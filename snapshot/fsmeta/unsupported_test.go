@@ -54,7 +54,7 @@ func checkSkipped(t *testing.T, err error, name string, attrs ...string) {
 // inode flags: ReadNode reads none, ClearFlags does nothing, and Apply sets
 // owner, mode and mtime and reports each refused attribute as unsupported.
 func TestApplyWithoutXattrsOrFlags(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := mountFS(t, "ramfs")
 	testtree.Build(t, root, testtree.Dir{
 		"file": testtree.File{Content: []byte("x")},
@@ -104,7 +104,7 @@ func TestApplyWithoutXattrsOrFlags(t *testing.T) {
 // append-only, nodump and noatime but no other flag: asking for a flag it
 // lacks must not lose the ones it has.
 func TestApplySomeFlagsUnsupported(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := mountFS(t, "tmpfs")
 	if !flagsSupported(t, root, FlagNoDump|FlagImmutable) || flagsSupported(t, root, FlagSync) {
 		t.Skip("tmpfs here does not keep nodump and immutable, or keeps sync: the premise of the test")
@@ -143,7 +143,7 @@ func TestApplySomeFlagsUnsupported(t *testing.T) {
 // TestReadNodeIgnoresUnsettableFlags: ReadNode keeps only SettableFlags, so
 // the extents and index flags of ext4 never reach a snapshot.
 func TestReadNodeIgnoresUnsettableFlags(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := t.TempDir()
 	testtree.Build(t, root, testtree.Dir{"f": testtree.File{Content: []byte("x")}})
 	dirfd := openDir(t, root)

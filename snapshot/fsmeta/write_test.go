@@ -38,7 +38,7 @@ func umask(t *testing.T) uint32 {
 }
 
 func TestMknod(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	dirfd := openDir(t, t.TempDir())
 	mask := umask(t)
 	for _, n := range []tree.Node{
@@ -241,7 +241,7 @@ func (c *copier) file(srcfd, dstfd int, name string, st *unix.Stat_t) int {
 // entry read back must be the node applied, and testtree.Compare, which
 // does not use fsmeta, must find the copy equal.
 func TestApplyRecreatesEvery(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	src, dst := t.TempDir(), t.TempDir()
 	testtree.Every(t, src)
 	t.Cleanup(func() { testtree.ClearFlags(t, dst) })
@@ -274,7 +274,7 @@ func lockedFile(t *testing.T) (dirfd int, name string) {
 // immutable and append-only flags: they are cleared first, every attribute
 // is set, times after, and the recorded flags last.
 func TestApplyOverLockedEntries(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	if !flagsSupported(t, t.TempDir(), lockAndDump) {
 		t.Skip("the filesystem of the temporary directory has no immutable, append-only and nodump flags")
 	}
@@ -293,7 +293,7 @@ func TestApplyOverLockedEntries(t *testing.T) {
 			dirfd, name := lockedFile(t)
 			want := tree.Node{Type: tree.File, Mode: 0o4750, UID: 1234, GID: 5678,
 				MtimeSec: mtime.Unix(), MtimeNsec: uint32(mtime.Nanosecond()), Flags: tc.flags,
-				Xattrs: []tree.Xattr{{Name: "security.capability", Value: capNetBindService}, {Name: "user.new", Value: []byte{}}}}
+				Xattrs: []tree.Xattr{{Name: "security.capability", Value: testtree.CapNetBindService}, {Name: "user.new", Value: []byte{}}}}
 			fd := -1
 			if tc.useFD {
 				var err error
@@ -330,7 +330,7 @@ func TestApplyOverLockedEntries(t *testing.T) {
 // TestApplyLockedDirectory applies onto an immutable directory, whose
 // entries cannot change, and makes it immutable again.
 func TestApplyLockedDirectory(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	if !flagsSupported(t, t.TempDir(), lockAndDump) {
 		t.Skip("the filesystem of the temporary directory has no immutable flag")
 	}
@@ -353,7 +353,7 @@ func TestApplyLockedDirectory(t *testing.T) {
 // TestApplyOtherTypes applies onto a symlink (no mode), devices, a FIFO and
 // a socket, through the path-only calls.
 func TestApplyOtherTypes(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := t.TempDir()
 	testtree.Build(t, root, testtree.Dir{
 		"symlink": testtree.Symlink{Target: "t", Xattrs: map[string][]byte{"trusted.old": []byte("x")}},
@@ -386,7 +386,7 @@ func TestApplyOtherTypes(t *testing.T) {
 // TestApplyWrongType: Apply never works on an entry of another type, such as
 // a symlink planted where a file was expected.
 func TestApplyWrongType(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := t.TempDir()
 	testtree.Build(t, root, testtree.Dir{
 		"target":  testtree.File{Mode: 0o600},
@@ -411,7 +411,7 @@ func TestApplyWrongType(t *testing.T) {
 }
 
 func TestClearFlags(t *testing.T) {
-	needRoot(t)
+	testtree.NeedRoot(t)
 	root := t.TempDir()
 	flags := flagsSupported(t, t.TempDir(), lockAndDump)
 	testtree.Build(t, root, testtree.Dir{

@@ -104,7 +104,7 @@ func checkEntry(t *testing.T, root string, e expect, flags bool) {
 
 // TestEveryHasEveryCase checks that Every made what its documentation lists.
 func TestEveryHasEveryCase(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	root := t.TempDir()
 	if err := os.Chmod(root, 0o700); err != nil { // Build leaves the root's mode alone
 		t.Fatal(err)
@@ -214,8 +214,8 @@ func TestEveryHasEveryCase(t *testing.T) {
 			t.Logf("%s: no %s: the filesystem keeps no ACLs", EveryACLDir, key)
 			continue
 		}
-		if !bytes.Equal(v, everyAccessACL()) {
-			t.Errorf("%s: %s is %x, want %x", EveryACLDir, key, v, everyAccessACL())
+		if !bytes.Equal(v, EveryACL()) {
+			t.Errorf("%s: %s is %x, want %x", EveryACLDir, key, v, EveryACL())
 		}
 	}
 }
@@ -224,7 +224,7 @@ func TestEveryHasEveryCase(t *testing.T) {
 // files and directories, one with a hard link: the cleanup Build registers
 // must let t.TempDir remove them (the test fails otherwise).
 func TestBuildLockedTreeIsRemovable(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	if !flagsSupported(t, t.TempDir()) {
 		t.Skip("the filesystem of the temporary directory has no inode flags")
 	}
@@ -248,7 +248,7 @@ func TestBuildLockedTreeIsRemovable(t *testing.T) {
 // TestClearFlags checks that ClearFlags removes immutable and append-only,
 // and only those, everywhere below root.
 func TestClearFlags(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	if !flagsSupported(t, t.TempDir()) {
 		t.Skip("the filesystem of the temporary directory has no inode flags")
 	}
@@ -280,7 +280,7 @@ func TestClearFlags(t *testing.T) {
 
 // TestBuildNames checks names with every byte but '/' and NUL.
 func TestBuildNames(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	root := t.TempDir()
 	var name strings.Builder
 	for c := 1; c < 256; c++ {

@@ -15,13 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (owners, devices, trusted.* xattrs, flags); run as root as CI does")
-	}
-}
-
 // needRsync skips tests that check what Compare's rsync run reports.
 func needRsync(t *testing.T) {
 	t.Helper()
@@ -436,7 +429,7 @@ func compareCases() []compareCase {
 // TestCompareEqual builds Every twice: the trees must compare equal, so that
 // Every is deterministic and Compare has no false alarms.
 func TestCompareEqual(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	needRsync(t)
 	a, b := t.TempDir(), t.TempDir()
 	Every(t, a)
@@ -452,7 +445,7 @@ func TestCompareEqual(t *testing.T) {
 // TestCompareFindsEachDifference makes one difference at a time in a copy of
 // Every and checks that Compare fails and names the path and the attribute.
 func TestCompareFindsEachDifference(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	needRsync(t)
 	a := t.TempDir()
 	Every(t, a)
@@ -547,7 +540,7 @@ func containsAny(s string, subs []string) bool {
 // TestCompareBoundsReports checks that many differences are counted but not
 // all reported.
 func TestCompareBoundsReports(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	needRsync(t)
 	a, b := t.TempDir(), t.TempDir()
 	Build(t, a, Dir{})
@@ -574,7 +567,7 @@ func TestCompareBoundsReports(t *testing.T) {
 
 // TestCompareMissingRoot checks that a missing tree is a failure, not a pass.
 func TestCompareMissingRoot(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	needRsync(t)
 	a := t.TempDir()
 	Build(t, a, Dir{"f": File{}})
@@ -586,7 +579,7 @@ func TestCompareMissingRoot(t *testing.T) {
 
 // TestCompareRootMetadata checks the roots themselves, not only their entries.
 func TestCompareRootMetadata(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	needRsync(t)
 	a, b := t.TempDir(), t.TempDir()
 	Build(t, a, Dir{"f": File{}})
@@ -607,7 +600,7 @@ func TestCompareRootMetadata(t *testing.T) {
 // the trees Every makes: b must have every hole of a, whatever its size, and
 // may have holes where a has written zeros.
 func TestCompareHoles(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	needRsync(t)
 	data := bytes.Repeat([]byte("data"), 1024) // 4 KiB
 	sparse := File{Content: data, Sparse: []At{{Offset: 260 << 10, Data: data}}, Size: 512 << 10}
@@ -672,7 +665,7 @@ func TestDataInHoles(t *testing.T) {
 // big file out of the --checksum run, so rsync must not see a change of
 // their content (only the walk does); the big file's mode it must see.
 func TestCompareAwkwardNames(t *testing.T) {
-	needRoot(t)
+	NeedRoot(t)
 	needRsync(t)
 	name := strings.Repeat(`a*b?c[d]\e `, 18)
 	deep := Dir{"f": File{Content: []byte("x")}}

@@ -153,8 +153,8 @@ func Every(t testing.TB, root string) {
 	if _, err := exec.LookPath("setfacl"); err != nil {
 		e := d[EveryACLDir].(Directory)
 		e.Xattrs = map[string][]byte{
-			"system.posix_acl_access":  everyAccessACL(),
-			"system.posix_acl_default": everyDefaultACL(),
+			"system.posix_acl_access":  EveryACL(),
+			"system.posix_acl_default": EveryACL(),
 		}
 		d[EveryACLDir] = e
 		t.Logf("testtree: setfacl not installed, writing the raw ACL xattrs")
@@ -252,9 +252,10 @@ func aclXattr(entries ...aclEntry) []byte {
 	return b
 }
 
-// everyAccessACL is u::rwx,u:1234:rwx,g::r-x,g:5678:r-x,m::rwx,o::---, what
-// setfacl makes of the directory's mode 0750 and the entries Every adds.
-func everyAccessACL() []byte {
+// EveryACL is the raw POSIX ACL xattr u::rwx,u:1234:rwx,g::r-x,g:5678:r-x,
+// m::rwx,o::---: what setfacl makes of the mode 0750 of Every's ACL
+// directory and the entries Every adds, as its access and default ACL.
+func EveryACL() []byte {
 	return aclXattr(
 		aclEntry{aclUserObj, 7, aclNoID},
 		aclEntry{aclUser, 7, 1234},
@@ -264,6 +265,3 @@ func everyAccessACL() []byte {
 		aclEntry{aclOther, 0, aclNoID},
 	)
 }
-
-// everyDefaultACL is the same list as the default ACL.
-func everyDefaultACL() []byte { return everyAccessACL() }

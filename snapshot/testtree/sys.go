@@ -279,3 +279,11 @@ func clearTree(t testing.TB, dirfd int, p string) error {
 	}
 	return nil
 }
+
+// NeedRoot skips a test that is not run as root, saying why; CI runs as root.
+func NeedRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (owners, devices, trusted.* xattrs, flags); run as root as CI does")
+	}
+}
