@@ -97,6 +97,7 @@ func (r *reader) readFile(fj *fileJob) error {
 		}
 		if attempt == maxReadAttempts {
 			fj.node.Content = content
+			fj.changed = true
 			return fmt.Errorf("changed while being read (%d attempts); the snapshot holds the last read", attempt)
 		}
 		fj.st = after

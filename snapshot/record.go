@@ -38,15 +38,23 @@ type Record struct {
 
 // Stats describe what taking a snapshot did.
 type Stats struct {
-	Files       int64   `json:"files"`
-	Dirs        int64   `json:"dirs"`
-	Others      int64   `json:"others"` // symlinks, devices, FIFOs, sockets
-	BytesRead   int64   `json:"bytes_read"`
-	BytesTotal  int64   `json:"bytes_total"` // logical size of all files
-	BlobsAdded  int64   `json:"blobs_added"`
-	BytesAdded  int64   `json:"bytes_added"` // stored (compressed) bytes added to the repository
-	RawAdded    int64   `json:"raw_added"`   // uncompressed size of the added blobs
-	DurationSec float64 `json:"duration_seconds"`
+	Files int64 `json:"files"`
+	// Files and directories against the set's previous snapshot, as the
+	// change-detection cache knows it: new (not in it), changed, unmodified.
+	FilesNew        int64   `json:"files_new"`
+	FilesChanged    int64   `json:"files_changed"`
+	FilesUnmodified int64   `json:"files_unmodified"`
+	Dirs            int64   `json:"dirs"`
+	DirsNew         int64   `json:"dirs_new"`
+	DirsChanged     int64   `json:"dirs_changed"`
+	DirsUnmodified  int64   `json:"dirs_unmodified"`
+	Others          int64   `json:"others"` // symlinks, devices, FIFOs, sockets
+	BytesRead       int64   `json:"bytes_read"`
+	BytesTotal      int64   `json:"bytes_total"` // logical size of all files
+	BlobsAdded      int64   `json:"blobs_added"`
+	BytesAdded      int64   `json:"bytes_added"` // stored (compressed) bytes added to the repository
+	RawAdded        int64   `json:"raw_added"`   // uncompressed size of the added blobs
+	DurationSec     float64 `json:"duration_seconds"`
 }
 
 // Warning is a path that could not be read, or changed while it was read.

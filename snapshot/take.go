@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -41,6 +42,13 @@ type Options struct {
 	// Readers is the number of files read at once: several for SSDs and
 	// many small files, one for a single spinning disk. 0 means 2.
 	Readers int
+	// ForceRead reads every file, trusting nothing in the change-detection
+	// cache; the cache still tells which files are new or changed.
+	ForceRead bool
+	// TrustMtime: a file whose ctime moved but whose inode, size and mtime
+	// did not has its metadata read again but its content taken from the
+	// cache. Off by default, since tools can set an mtime back.
+	TrustMtime bool
 	// Warn is called for every path that cannot be read (optional).
 	Warn func(path string, err error)
 	// Progress is called about once a second with the counts so far (optional).
@@ -96,6 +104,12 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		}
 	}
 
+	cache, err := repo.Index().OpenCache(opts.Set)
+	if err != nil {
+		return nil, err
+	}
+	readCache := usableCache(repo.Index(), cache, opts.Root)
+
 	up := repo.NewUploader()
 	defer up.Close()
 	cfg := repo.Config()
@@ -106,21 +120,35 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	files := make(chan *fileJob, fileQueue)
 	saves := make(chan *saveJob, saveQueue)
 	dirs := make(chan *dirJob, dirQueue)
+	records := make(chan index.CacheRecord, dirQueue)
 
 	owners := fsmeta.NewOwners()
 	rootNode := &tree.Node{}
 	if err := fsmeta.ReadNode(-1, "", &rootSt, rootfd, owners, rootNode); err != nil {
 		return nil, fmt.Errorf("root %s: %w", opts.Root, err)
 	}
-	rootJob := &dirJob{parent: rootNode, root: true}
+	listfd, err := unix.Dup(rootfd)
+	if err != nil {
+		return nil, err
+	}
+	rootList := newListing("/", listfd, opts.Selection.Root())
+	cutoff := start.Unix() - racyWindow
 
 	g.Go(func() error {
+		prefetch := make(chan *listing, maxPrefetch)
+		var listers sync.WaitGroup
+		for range runtime.GOMAXPROCS(0) {
+			listers.Go(func() { (&walker{sel: opts.Selection, cache: readCache}).lister(prefetch) })
+		}
+		defer listers.Wait()
+		defer close(prefetch)
 		defer close(dirs)
 		defer close(files)
 		w := &walker{ctx: gctx, sel: opts.Selection, owners: owners, files: files, dirs: dirs,
 			warn: warn, links: make(map[inode]*fileJob), linkOth: make(map[inode]string), stats: &stats, opened: opts.opened,
-			repo: inode{uint64(repoSt.Dev), repoSt.Ino}}
-		return w.walk(rootfd, "/", opts.Selection.Root(), uint64(rootSt.Dev), rootJob)
+			repo: inode{uint64(repoSt.Dev), repoSt.Ino}, cache: readCache, cutoff: cutoff, force: opts.ForceRead,
+			trustMtime: opts.TrustMtime, prefetch: prefetch, slots: make(chan struct{}, maxPrefetch)}
+		return w.walk(rootList, uint64(rootSt.Dev), &dirJob{parent: rootNode})
 	})
 	var readWG sync.WaitGroup
 	for range readers {
@@ -145,7 +173,13 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	for range runtime.GOMAXPROCS(0) {
 		g.Go(func() error { return saver(gctx, up, saves, bufs) })
 	}
-	g.Go(func() error { return finisher(gctx, up, dirs) })
+	fin := &finisher{ctx: gctx, up: up, records: records, keep: make(map[string]struct{}),
+		stats: &stats, cutoff: cutoff, reuse: readCache != nil && !opts.ForceRead}
+	g.Go(func() error {
+		defer close(records)
+		return fin.run(dirs)
+	})
+	g.Go(func() error { return cacheWriter(gctx, cache, records) })
 	if opts.Progress != nil {
 		stop := make(chan struct{})
 		defer close(stop)
@@ -196,20 +230,30 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	if err != nil {
 		return nil, err
 	}
+	keep := func(key []byte) bool { _, ok := fin.keep[string(key)]; return ok }
+	if err := cache.Commit(id, cacheMeta(opts.Root), keep); err != nil {
+		return nil, fmt.Errorf("snapshot %s is saved, but its change cache is not: %w", id.Short(), err)
+	}
 	return &Result{ID: id, Record: rec}, nil
 }
 
 func (c *counters) snapshot(up *chunkstore.Uploader, start time.Time) Stats {
 	return Stats{
-		Files:       c.files.Load(),
-		Dirs:        c.dirs.Load(),
-		Others:      c.others.Load(),
-		BytesRead:   c.bytesRead.Load(),
-		BytesTotal:  c.bytesTotal.Load(),
-		BlobsAdded:  up.BlobsAdded.Load(),
-		BytesAdded:  up.BytesAdded.Load(),
-		RawAdded:    up.RawAdded.Load(),
-		DurationSec: time.Since(start).Seconds(),
+		Files:           c.files.Load(),
+		FilesNew:        c.filesNew.Load(),
+		FilesChanged:    c.filesChanged.Load(),
+		FilesUnmodified: c.filesSame.Load(),
+		Dirs:            c.dirs.Load(),
+		DirsNew:         c.dirsNew.Load(),
+		DirsChanged:     c.dirsChanged.Load(),
+		DirsUnmodified:  c.dirsSame.Load(),
+		Others:          c.others.Load(),
+		BytesRead:       c.bytesRead.Load(),
+		BytesTotal:      c.bytesTotal.Load(),
+		BlobsAdded:      up.BlobsAdded.Load(),
+		BytesAdded:      up.BytesAdded.Load(),
+		RawAdded:        up.RawAdded.Load(),
+		DurationSec:     time.Since(start).Seconds(),
 	}
 }
 
@@ -223,52 +267,183 @@ func displayPath(p string) string {
 	return q
 }
 
-// finisher saves the tree of each directory once its files are read. The
-// walker sends directories in post-order, so a directory's subdirectories
-// are saved, and their IDs filled into its nodes, before it.
-func finisher(ctx context.Context, up *chunkstore.Uploader, dirs <-chan *dirJob) error {
+// usableCache returns the cache for reading if its records describe a
+// snapshot still in the repository, of the same root, else nil: then every
+// file is read.
+func usableCache(idx *index.DB, c *index.Cache, root string) *index.Cache {
+	snap, meta, ok := c.Previous()
+	if !ok || string(meta) != string(cacheMeta(root)) {
+		return nil
+	}
+	if _, ok, err := idx.SnapshotRecord(snap); err != nil || !ok {
+		return nil
+	}
+	return c
+}
+
+// finisher saves the tree of each directory once its files are read, and
+// its cache record. The walker sends directories in post-order, so a
+// directory's subdirectories are saved, and their IDs filled into its nodes,
+// before it.
+type finisher struct {
+	ctx     context.Context
+	up      *chunkstore.Uploader
+	records chan<- index.CacheRecord
+	keep    map[string]struct{} // directories whose record is valid after this snapshot
+	stats   *counters
+	cutoff  int64
+	reuse   bool // a directory whose entries are all as cached keeps its tree ID
+}
+
+func (f *finisher) run(dirs <-chan *dirJob) error {
 	for job := range dirs {
-		done := make(chan struct{})
-		go func() { job.files.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
+		if len(job.fileJobs) > 0 {
+			done := make(chan struct{})
+			go func() { job.files.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-f.ctx.Done():
+				for range dirs {
+				}
+				return f.ctx.Err()
+			}
+		}
+		if err := f.finish(job); err != nil {
 			for range dirs {
 			}
-			return ctx.Err()
+			return err
 		}
-		t := &tree.Tree{Nodes: make([]tree.Node, 0, len(job.nodes))}
-		for _, l := range job.links {
-			select {
-			case <-l.leader.done:
-			case <-ctx.Done():
-				return ctx.Err()
+	}
+	return nil
+}
+
+func (f *finisher) finish(job *dirJob) error {
+	for _, l := range job.links {
+		select {
+		case <-l.leader.done:
+		case <-f.ctx.Done():
+			return f.ctx.Err()
+		}
+		if l.leader.failed.Load() { // its first link could not be read either
+			job.drop[l.idx] = true
+			continue
+		}
+		l.node.Content = l.leader.node.Content
+	}
+	for _, fj := range job.fileJobs {
+		if fj.failed.Load() {
+			job.drop[fj.idx] = true
+			continue
+		}
+		job.keys[fj.idx] = keyOf(&fj.st, f.cutoff)
+		job.keys[fj.idx].racy = job.keys[fj.idx].racy || fj.changed
+	}
+
+	// Compare every node with the cache's: the counts, and whether the
+	// directory is exactly as cached.
+	encs := make([][]byte, len(job.nodes))
+	same := f.reuse && job.rec != nil
+	kept := 0
+	for i := range job.nodes {
+		if job.drop[i] {
+			continue
+		}
+		kept++
+		eq := true
+		if encs[i] = job.reuse[i]; encs[i] == nil {
+			var err error
+			if encs[i], eq, err = equalNode(&job.nodes[i], job.prev[i]); err != nil {
+				return fmt.Errorf("encode %s: %w", displayPath(childPath(job.path, job.nodes[i].Name)), err)
 			}
-			if l.leader.failed.Load() { // its first link could not be read either
-				job.drop[l.idx] = true
+		}
+		f.count(&job.nodes[i], encs[i], job.prev[i] != nil, eq)
+		same = same && eq
+	}
+	same = same && kept == len(job.rec.entries)
+
+	var id index.ID
+	if same {
+		id = job.rec.tree
+	} else {
+		t := &tree.Tree{Nodes: make([]tree.Node, 0, kept)}
+		for i := range job.nodes {
+			if job.drop[i] {
 				continue
 			}
-			l.node.Content = l.leader.node.Content
-		}
-		for _, fj := range job.fileJobs {
-			if fj.failed.Load() {
-				job.drop[fj.idx] = true
+			if job.reuse[i] != nil {
+				if err := reuseNode(&job.nodes[i], job.reuse[i]); err != nil {
+					return fmt.Errorf("%s: %w", displayPath(childPath(job.path, job.nodes[i].Name)), err)
+				}
 			}
-		}
-		for i := range job.nodes {
-			if !job.drop[i] {
-				t.Nodes = append(t.Nodes, job.nodes[i])
-			}
+			t.Nodes = append(t.Nodes, job.nodes[i])
 		}
 		data, err := tree.Encode(t)
 		if err != nil {
 			return fmt.Errorf("encode tree of %s: %w", displayPath(job.path), err)
 		}
-		id := index.Hash(data)
-		if _, err := up.Save(ctx, index.TreeBlob, id, data); err != nil {
+		id = index.Hash(data)
+		if _, err := f.up.Save(f.ctx, index.TreeBlob, id, data); err != nil {
 			return fmt.Errorf("save tree of %s: %w", displayPath(job.path), err)
 		}
-		job.parent.Subtree = id
 	}
-	return nil
+	job.parent.Subtree = id
+	return f.record(job, id, encs, kept, same)
+}
+
+// count adds one node to the new/changed/unmodified counters.
+func (f *finisher) count(n *tree.Node, enc []byte, cached, same bool) {
+	typ := n.Type
+	if typ == 0 { // reused as is: only the encoding knows
+		if h, err := tree.PeekNode(enc); err == nil {
+			typ = h.Type
+		}
+	}
+	var fresh, changed, unmodified *atomic.Int64
+	switch typ {
+	case tree.File:
+		fresh, changed, unmodified = &f.stats.filesNew, &f.stats.filesChanged, &f.stats.filesSame
+	case tree.Dir:
+		fresh, changed, unmodified = &f.stats.dirsNew, &f.stats.dirsChanged, &f.stats.dirsSame
+	default:
+		return
+	}
+	switch {
+	case !cached:
+		fresh.Add(1)
+	case same:
+		unmodified.Add(1)
+	default:
+		changed.Add(1)
+	}
+}
+
+// record queues the directory's new cache record unless the cache already
+// holds exactly it.
+func (f *finisher) record(job *dirJob, id index.ID, encs [][]byte, kept int, same bool) error {
+	if len(job.path) > index.MaxCacheKey {
+		return nil
+	}
+	rewrite := !same
+	for i, j := 0, 0; !rewrite && i < len(job.nodes); i++ {
+		if !job.drop[i] {
+			rewrite = job.keys[i] != job.rec.entries[j].key
+			j++
+		}
+	}
+	f.keep[job.path] = struct{}{}
+	if !rewrite {
+		return nil
+	}
+	b := newRecord(id, kept)
+	for i := range job.nodes {
+		if !job.drop[i] {
+			b.add(&job.keys[i], encs[i])
+		}
+	}
+	select {
+	case f.records <- index.CacheRecord{Key: []byte(job.path), Value: b.buf}:
+		return nil
+	case <-f.ctx.Done():
+		return f.ctx.Err()
+	}
 }

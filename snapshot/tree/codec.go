@@ -349,3 +349,58 @@ func (d *decoder) content(n *Node) {
 		n.Content = append(n.Content, e)
 	}
 }
+
+// AppendNode appends the encoding of one node, exactly as it appears inside
+// a tree blob, to buf. It sorts the node's xattrs by name.
+func AppendNode(buf []byte, n *Node) ([]byte, error) {
+	if err := CheckName(n.Name); err != nil {
+		return nil, err
+	}
+	slices.SortFunc(n.Xattrs, func(a, b Xattr) int { return strings.Compare(a.Name, b.Name) })
+	for j := 1; j < len(n.Xattrs); j++ {
+		if n.Xattrs[j-1].Name == n.Xattrs[j].Name {
+			return nil, fmt.Errorf("%q: duplicate xattr %q", n.Name, n.Xattrs[j].Name)
+		}
+	}
+	return appendNode(buf, n)
+}
+
+// DecodeNode parses one node encoded by AppendNode, which must fill data.
+func DecodeNode(data []byte) (Node, error) {
+	d := &decoder{data: data}
+	var n Node
+	d.node(&n)
+	if d.err != nil {
+		return Node{}, d.err
+	}
+	if err := CheckName(n.Name); err != nil {
+		return Node{}, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	if len(d.data) != 0 {
+		return Node{}, fmt.Errorf("%w: %d bytes after the node", ErrCorrupt, len(d.data))
+	}
+	return n, nil
+}
+
+// NodeHead is the start of an encoded node, read without decoding the rest.
+// Its byte slices alias the encoding.
+type NodeHead struct {
+	Name        []byte
+	Type        Type
+	UID, GID    uint32
+	User, Group []byte
+}
+
+// PeekNode reads the head of an encoded node.
+func PeekNode(data []byte) (NodeHead, error) {
+	d := &decoder{data: data}
+	var h NodeHead
+	h.Name = d.bytes(MaxNameLen, "name")
+	h.Type = Type(d.byte())
+	d.uvarint(ModeMask, "mode")
+	h.UID = uint32(d.uvarint(math.MaxUint32, "uid"))
+	h.GID = uint32(d.uvarint(math.MaxUint32, "gid"))
+	h.User = d.bytes(MaxOwnerNameLen, "user name")
+	h.Group = d.bytes(MaxOwnerNameLen, "group name")
+	return h, d.err
+}
