@@ -32,9 +32,21 @@ import (
 // out only records of committed attempts (index.Cache).
 const cacheVersion = 1
 
-// cacheMeta is the cache state's meta: the record format and the root the
-// snapshot was taken of. A cache of another root is not used.
-func cacheMeta(root string) []byte { return append([]byte{cacheVersion, 0}, root...) }
+// cacheMeta is the cache state's meta: the record format, a digest of the
+// host's user and group names, and the root the snapshot was taken of. A
+// cache of another root is not used.
+func cacheMeta(root string, owners [32]byte) []byte {
+	meta := append([]byte{cacheVersion}, owners[:]...)
+	return append(meta, root...)
+}
+
+func parseCacheMeta(meta []byte) (root string, owners [32]byte, ok bool) {
+	if len(meta) < 1+32 || meta[0] != cacheVersion {
+		return "", owners, false
+	}
+	copy(owners[:], meta[1:])
+	return string(meta[33:]), owners, true
+}
 
 // racyWindow: an entry whose ctime or mtime is this close to the snapshot's
 // start (or later) is recorded as racy and never matches. A file changed

@@ -108,7 +108,9 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	if err != nil {
 		return nil, err
 	}
-	readCache := usableCache(repo.Index(), cache, opts.Root)
+	owners := fsmeta.NewOwners()
+	readCache, checkOwners := usableCache(repo.Index(), cache, opts.Root, owners)
+	repoIno := inode{uint64(repoSt.Dev), repoSt.Ino}
 
 	up := repo.NewUploader()
 	defer up.Close()
@@ -122,7 +124,6 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	dirs := make(chan *dirJob, dirQueue)
 	records := make(chan index.CacheRecord, dirQueue)
 
-	owners := fsmeta.NewOwners()
 	rootNode := &tree.Node{}
 	if err := fsmeta.ReadNode(-1, "", &rootSt, rootfd, owners, rootNode); err != nil {
 		return nil, fmt.Errorf("root %s: %w", opts.Root, err)
@@ -131,24 +132,24 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	if err != nil {
 		return nil, err
 	}
-	rootList := newListing("/", listfd, opts.Selection.Root())
+	rootList := newListing("/", listfd, opts.Selection.Root(), uint64(rootSt.Dev))
 	cutoff := start.Unix() - racyWindow
 
 	g.Go(func() error {
-		prefetch := make(chan *listing, maxPrefetch)
+		ls := newLister(opts.Selection, readCache, repoIno)
 		var listers sync.WaitGroup
 		for range runtime.GOMAXPROCS(0) {
-			listers.Go(func() { (&walker{sel: opts.Selection, cache: readCache}).lister(prefetch) })
+			listers.Go(ls.run)
 		}
 		defer listers.Wait()
-		defer close(prefetch)
+		defer ls.stop()
 		defer close(dirs)
 		defer close(files)
 		w := &walker{ctx: gctx, sel: opts.Selection, owners: owners, files: files, dirs: dirs,
 			warn: warn, links: make(map[inode]*fileJob), linkOth: make(map[inode]string), stats: &stats, opened: opts.opened,
-			repo: inode{uint64(repoSt.Dev), repoSt.Ino}, cache: readCache, cutoff: cutoff, force: opts.ForceRead,
-			trustMtime: opts.TrustMtime, prefetch: prefetch, slots: make(chan struct{}, maxPrefetch)}
-		return w.walk(rootList, uint64(rootSt.Dev), &dirJob{parent: rootNode})
+			repo: repoIno, ls: ls, cutoff: cutoff, force: opts.ForceRead, trustMtime: opts.TrustMtime,
+			checkOwners: checkOwners}
+		return w.walk(rootList, &dirJob{parent: rootNode})
 	})
 	var readWG sync.WaitGroup
 	for range readers {
@@ -231,7 +232,7 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		return nil, err
 	}
 	keep := func(key []byte) bool { _, ok := fin.keep[string(key)]; return ok }
-	if err := cache.Commit(id, cacheMeta(opts.Root), keep); err != nil {
+	if err := cache.Commit(id, cacheMeta(opts.Root, owners.Digest()), keep); err != nil {
 		return nil, fmt.Errorf("snapshot %s is saved, but its change cache is not: %w", id.Short(), err)
 	}
 	return &Result{ID: id, Record: rec}, nil
@@ -269,16 +270,21 @@ func displayPath(p string) string {
 
 // usableCache returns the cache for reading if its records describe a
 // snapshot still in the repository, of the same root, else nil: then every
-// file is read.
-func usableCache(idx *index.DB, c *index.Cache, root string) *index.Cache {
+// file is read. checkOwners is set when user or group names changed since:
+// then each cached node's names are compared with the current ones.
+func usableCache(idx *index.DB, c *index.Cache, root string, owners *fsmeta.Owners) (cache *index.Cache, checkOwners bool) {
 	snap, meta, ok := c.Previous()
-	if !ok || string(meta) != string(cacheMeta(root)) {
-		return nil
+	if !ok {
+		return nil, false
+	}
+	prevRoot, prevOwners, ok := parseCacheMeta(meta)
+	if !ok || prevRoot != root {
+		return nil, false
 	}
 	if _, ok, err := idx.SnapshotRecord(snap); err != nil || !ok {
-		return nil
+		return nil, false
 	}
-	return c
+	return c, prevOwners != owners.Digest()
 }
 
 // finisher saves the tree of each directory once its files are read, and

@@ -1,6 +1,7 @@
 package snapshot
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -66,9 +67,10 @@ type inode struct{ dev, ino uint64 }
 // itself, whichever claims it first.
 type listing struct {
 	path  string
-	fd    int // owned by the walker, which opened it
+	fd    int // closed by release
 	class selection.Class
-	slot  bool // holds one of the walker's prefetch slots
+	dev   uint64 // the directory's device
+	slot  bool   // holds one of the prefetch slots
 
 	claimed atomic.Bool
 	done    chan struct{}
@@ -77,16 +79,193 @@ type listing struct {
 	errs    []error
 	err     error // reading the directory failed
 	rec     *dirRecord
+	subs    []*listing // listings of subdirectories opened ahead, by entry
+	next    int        // entries before it were considered for prefetching
 }
 
-func newListing(p string, fd int, class selection.Class) *listing {
-	return &listing{path: p, fd: fd, class: class, done: make(chan struct{})}
+func newListing(p string, fd int, class selection.Class, dev uint64) *listing {
+	return &listing{path: p, fd: fd, class: class, dev: dev, done: make(chan struct{})}
 }
 
 // maxPrefetch bounds the directories listed ahead of the walker, each with
 // an open descriptor and its names and stats: at most maxPrefetch times the
 // widest directory, besides the directories on the walker's own stack.
 const maxPrefetch = 64
+
+// lister lists directories: the walker's own and, on other goroutines,
+// those it will enter next. Whoever lists a directory opens its
+// subdirectories while prefetch slots are free and queues them for the
+// listers, which take the first in the walker's depth-first order: the one
+// the walker needs soonest.
+type lister struct {
+	sel   *selection.Selection
+	cache *index.Cache // nil: no records
+	repo  inode
+	slots chan struct{}
+
+	mu     sync.Mutex
+	cond   sync.Cond
+	queue  walkOrder
+	closed bool
+}
+
+// walkOrder is a heap of listings, the first in depth-first order on top.
+type walkOrder []*listing
+
+func (q walkOrder) Len() int           { return len(q) }
+func (q walkOrder) Less(i, j int) bool { return beforeInWalk(q[i].path, q[j].path) }
+func (q walkOrder) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *walkOrder) Push(x any)        { *q = append(*q, x.(*listing)) }
+func (q *walkOrder) Pop() any {
+	old := *q
+	l := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return l
+}
+
+// beforeInWalk reports whether the walk, depth-first with names in byte
+// order, reaches path a before path b: byte order with '/' lowest.
+func beforeInWalk(a, b string) bool {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		if a[i] != b[i] {
+			x, y := a[i], b[i]
+			if x == '/' {
+				x = 0
+			}
+			if y == '/' {
+				y = 0
+			}
+			return x < y
+		}
+	}
+	return len(a) < len(b)
+}
+
+func newLister(sel *selection.Selection, cache *index.Cache, repo inode) *lister {
+	ls := &lister{sel: sel, cache: cache, repo: repo, slots: make(chan struct{}, maxPrefetch)}
+	ls.cond.L = &ls.mu
+	return ls
+}
+
+// run fills stacked listings until stop.
+func (ls *lister) run() {
+	for {
+		ls.mu.Lock()
+		for len(ls.queue) == 0 && !ls.closed {
+			ls.cond.Wait()
+		}
+		if ls.closed {
+			ls.mu.Unlock()
+			return
+		}
+		l := heap.Pop(&ls.queue).(*listing)
+		ls.mu.Unlock()
+		if l.claimed.CompareAndSwap(false, true) {
+			ls.fill(l)
+		}
+	}
+}
+
+func (ls *lister) stop() {
+	ls.mu.Lock()
+	ls.closed = true
+	ls.cond.Broadcast()
+	ls.mu.Unlock()
+}
+
+// obtain returns once l is filled, filling it here if no lister has begun.
+func (ls *lister) obtain(l *listing) {
+	if l.claimed.CompareAndSwap(false, true) {
+		ls.fill(l)
+	}
+	<-l.done
+}
+
+func (ls *lister) fill(l *listing) {
+	defer close(l.done)
+	if l.class == selection.Ancestor {
+		l.names = ls.sel.Needed(l.path)
+		slices.Sort(l.names)
+	} else {
+		l.names, l.err = readNames(l.fd)
+	}
+	l.stats = make([]unix.Stat_t, len(l.names))
+	l.errs = make([]error, len(l.names))
+	for i, name := range l.names {
+		l.stats[i], l.errs[i] = fsmeta.Lstat(l.fd, name)
+	}
+	if ls.cache != nil && len(l.path) <= index.MaxCacheKey {
+		// A record that cannot be read is a miss: the directory is read.
+		if raw, err := ls.cache.Get([]byte(l.path)); err == nil && raw != nil {
+			l.rec, _ = decodeRecord(raw)
+		}
+	}
+	ls.prefetch(l)
+}
+
+// prefetch opens the subdirectories of l that the walk will enter, as far
+// as the slots allow, and queues them for the listers. It goes on where it
+// stopped when it is called again for l.
+func (ls *lister) prefetch(l *listing) {
+	var opened []*listing
+	for ; l.next < len(l.names); l.next++ {
+		i, name := l.next, l.names[l.next]
+		st := &l.stats[i]
+		if l.errs[i] != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR || isRepo(st, ls.repo) {
+			continue
+		}
+		p := childPath(l.path, name)
+		class := ls.sel.Child(l.class, p, true)
+		if class == selection.Outside || !descends(ls.sel, l.class, p, st, l.dev) {
+			continue
+		}
+		select {
+		case ls.slots <- struct{}{}:
+		default:
+			goto queue // no slot left: the walker tops up later
+		}
+		fd, err := openDir(l.fd, name)
+		if err != nil {
+			<-ls.slots
+			continue // the walker reports it
+		}
+		if l.subs == nil {
+			l.subs = make([]*listing, len(l.names))
+		}
+		sub := newListing(p, fd, class, uint64(st.Dev))
+		sub.slot = true
+		l.subs[i] = sub
+		opened = append(opened, sub)
+	}
+queue:
+	if len(opened) == 0 {
+		return
+	}
+	ls.mu.Lock()
+	for _, sub := range opened {
+		heap.Push(&ls.queue, sub)
+	}
+	ls.cond.Broadcast()
+	ls.mu.Unlock()
+}
+
+// release gives back l's descriptor and slot, and those of the listings
+// opened below it that the walk did not take, once no lister uses them.
+func (ls *lister) release(l *listing) {
+	if !l.claimed.CompareAndSwap(false, true) {
+		<-l.done
+	}
+	for _, s := range l.subs {
+		if s != nil {
+			ls.release(s)
+		}
+	}
+	unix.Close(l.fd)
+	if l.slot {
+		<-ls.slots
+	}
+}
 
 type walker struct {
 	ctx     context.Context
@@ -102,14 +281,12 @@ type walker struct {
 	// repo is the repository's own directory: never taken, or a snapshot
 	// of "/" would copy the packs it is writing.
 	repo inode
+	ls   *lister
 
-	cache      *index.Cache // records of the last snapshot, nil to read everything
-	cutoff     int64        // entries changed at or after this second are racy
-	force      bool         // --force-read: the cache only classifies
-	trustMtime bool
-
-	prefetch chan<- *listing // to the listers
-	slots    chan struct{}   // prefetch slots in use
+	cutoff      int64 // entries changed at or after this second are racy
+	force       bool  // --force-read: the cache only classifies
+	trustMtime  bool
+	checkOwners bool // owner names changed since the cache was written
 }
 
 // counters are updated concurrently while a snapshot runs.
@@ -154,75 +331,30 @@ func readNames(dirfd int) ([]string, error) {
 	return names, nil
 }
 
-// lister fills prefetched listings until the queue closes.
-func (w *walker) lister(queue <-chan *listing) {
-	for l := range queue {
-		if l.claimed.CompareAndSwap(false, true) {
-			w.fill(l)
-		}
-	}
-}
-
-// obtain returns once l is filled, filling it here if no lister has begun.
-func (w *walker) obtain(l *listing) {
-	if l.claimed.CompareAndSwap(false, true) {
-		w.fill(l)
-	}
-	<-l.done
-}
-
-func (w *walker) fill(l *listing) {
-	defer close(l.done)
-	if l.class == selection.Ancestor {
-		l.names = w.sel.Needed(l.path)
-		slices.Sort(l.names)
-	} else {
-		l.names, l.err = readNames(l.fd)
-	}
-	l.stats = make([]unix.Stat_t, len(l.names))
-	l.errs = make([]error, len(l.names))
-	for i, name := range l.names {
-		l.stats[i], l.errs[i] = fsmeta.Lstat(l.fd, name)
-	}
-	if w.cache != nil && len(l.path) <= index.MaxCacheKey {
-		// A record that cannot be read is a miss: the directory is read.
-		if raw, err := w.cache.Get([]byte(l.path)); err == nil && raw != nil {
-			l.rec, _ = decodeRecord(raw)
-		}
-	}
-}
-
-// release gives back l's descriptor and slot once no lister uses it.
-func (w *walker) release(l *listing) {
-	if !l.claimed.CompareAndSwap(false, true) {
-		<-l.done
-	}
-	unix.Close(l.fd)
-	if l.slot {
-		<-w.slots
-	}
-}
-
 // descends reports whether the walk enters directory p, of class class in a
 // parent of class parentClass on device dev: with one-file-system, a mount
 // point below a listed path is taken, as rsync -x does, but not entered.
-func (w *walker) descends(parentClass selection.Class, p string, st *unix.Stat_t, dev uint64) bool {
-	if !w.sel.OneFileSystem() || parentClass != selection.InScope || uint64(st.Dev) == dev {
+func descends(sel *selection.Selection, parentClass selection.Class, p string, st *unix.Stat_t, dev uint64) bool {
+	if !sel.OneFileSystem() || parentClass != selection.InScope || uint64(st.Dev) == dev {
 		return true
 	}
 	// A listed path is InScope whatever its parent: it starts its own device.
-	return w.sel.Child(selection.Outside, p, true) == selection.InScope
+	return sel.Child(selection.Outside, p, true) == selection.InScope
 }
 
-func (w *walker) isRepo(st *unix.Stat_t) bool {
-	return st.Mode&unix.S_IFMT == unix.S_IFDIR && (inode{uint64(st.Dev), st.Ino}) == w.repo
+func isRepo(st *unix.Stat_t, repo inode) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFDIR && (inode{uint64(st.Dev), st.Ino}) == repo
 }
 
-// walk snapshots the directory of listing l, on device dev, and queues it
-// for the finisher after all its subdirectories. It closes l's descriptor.
-func (w *walker) walk(l *listing, dev uint64, job *dirJob) error {
-	w.obtain(l)
-	defer w.release(l)
+// walk snapshots the directory of listing l and queues it for the finisher
+// after all its subdirectories. It releases l.
+func (w *walker) walk(l *listing, job *dirJob) error {
+	w.ls.obtain(l)
+	defer w.ls.release(l)
+	if l.slot { // no longer ahead of the walker
+		<-w.ls.slots
+		l.slot = false
+	}
 	if err := w.ctx.Err(); err != nil {
 		return err
 	}
@@ -237,45 +369,19 @@ func (w *walker) walk(l *listing, dev uint64, job *dirJob) error {
 	job.reuse = make([][]byte, 0, n)
 	job.prev = make([][]byte, 0, n)
 	job.keys = make([]statKey, 0, n)
-
-	// List the subdirectories ahead, as far as the slots allow.
-	subs := make([]*listing, n)
-	defer func() {
-		for _, s := range subs {
-			if s != nil {
-				w.release(s)
-			}
-		}
-	}()
-prefetch:
-	for i, name := range l.names {
-		st := &l.stats[i]
-		if l.errs[i] != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR || w.isRepo(st) {
-			continue
-		}
-		p := childPath(l.path, name)
-		class := w.sel.Child(l.class, p, true)
-		if class == selection.Outside || !w.descends(l.class, p, st, dev) {
-			continue
-		}
-		select {
-		case w.slots <- struct{}{}:
-		default:
-			break prefetch
-		}
-		fd, err := openDir(l.fd, name)
-		if err != nil {
-			<-w.slots
-			continue // entry reports it
-		}
-		subs[i] = newListing(p, fd, class)
-		subs[i].slot = true
-		w.prefetch <- subs[i] // never blocks: the queue holds as many as there are slots
-	}
-
 	pos := 0
 	for i := range l.names {
-		if err := w.entry(l, i, &subs[i], &pos, dev, job); err != nil {
+		if l.next <= i && len(w.ls.slots) < cap(w.ls.slots) {
+			w.ls.prefetch(l)
+		}
+		var sub *listing
+		if l.subs != nil {
+			sub, l.subs[i] = l.subs[i], nil
+		}
+		if err := w.entry(l, i, sub, &pos, job); err != nil {
+			if sub != nil {
+				w.ls.release(sub)
+			}
 			return err
 		}
 	}
@@ -301,12 +407,19 @@ func childPath(dir, name string) string {
 // cached reports whether the cache entry ce describes st as it is, so that
 // its node may be reused without reading anything.
 func (w *walker) cached(ce *cacheEntry, st *unix.Stat_t) bool {
-	return ce != nil && !w.force && ce.key.unchanged(st) && w.sameOwners(ce.node)
+	return ce != nil && !w.force && ce.key.unchanged(st) && (!w.checkOwners || w.sameOwners(ce.node))
 }
 
 // entry adds entry i of listing l to job, recursing into directories. sub is
-// the entry's prefetched listing, if any; entry takes it over.
-func (w *walker) entry(l *listing, i int, sub **listing, pos *int, dev uint64, job *dirJob) error {
+// the entry's prefetched listing, if any; entry releases it.
+func (w *walker) entry(l *listing, i int, sub *listing, pos *int, job *dirJob) (err error) {
+	if sub != nil {
+		defer func() {
+			if sub != nil {
+				w.ls.release(sub)
+			}
+		}()
+	}
 	name := l.names[i]
 	p := childPath(l.path, name)
 	st := l.stats[i]
@@ -318,7 +431,7 @@ func (w *walker) entry(l *listing, i int, sub **listing, pos *int, dev uint64, j
 		}
 		return nil
 	}
-	if w.isRepo(&st) {
+	if isRepo(&st, w.repo) {
 		return nil
 	}
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
@@ -338,9 +451,9 @@ func (w *walker) entry(l *listing, i int, sub **listing, pos *int, dev uint64, j
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
-		s := *sub
-		*sub = nil
-		return w.dir(l, p, &st, l.class, childClass, dev, job, idx, ce, s)
+		s := sub
+		sub = nil
+		return w.dir(l, p, &st, childClass, job, idx, ce, s)
 	case unix.S_IFREG:
 		return w.file(l.fd, p, name, &st, job, idx, ce)
 	}
@@ -375,7 +488,7 @@ func (w *walker) other(dirfd int, p, name string, st *unix.Stat_t, job *dirJob, 
 	}
 }
 
-func (w *walker) dir(parent *listing, p string, st *unix.Stat_t, parentClass, class selection.Class, dev uint64, job *dirJob, idx int, ce *cacheEntry, sub *listing) error {
+func (w *walker) dir(parent *listing, p string, st *unix.Stat_t, class selection.Class, job *dirJob, idx int, ce *cacheEntry, sub *listing) error {
 	n := &job.nodes[idx]
 	name := n.Name
 	if sub == nil {
@@ -385,21 +498,22 @@ func (w *walker) dir(parent *listing, p string, st *unix.Stat_t, parentClass, cl
 			job.drop[idx] = true
 			return nil
 		}
-		sub = newListing(p, fd, class)
+		sub = newListing(p, fd, class, uint64(st.Dev))
 	}
 	// The node describes the directory that was opened, even if another
 	// took its name since the listing.
 	var fst unix.Stat_t
 	if err := unix.Fstat(sub.fd, &fst); err != nil {
-		w.release(sub)
+		w.ls.release(sub)
 		w.warn(p, err)
 		job.drop[idx] = true
 		return nil
 	}
+	sub.dev = uint64(fst.Dev)
 	job.keys[idx] = keyOf(&fst, w.cutoff)
 	if !w.cached(ce, &fst) || reuseNode(n, ce.node) != nil {
 		if err := fsmeta.ReadNode(parent.fd, name, &fst, sub.fd, w.owners, n); err != nil {
-			w.release(sub)
+			w.ls.release(sub)
 			w.warn(p, err)
 			job.drop[idx] = true
 			return nil
@@ -407,12 +521,12 @@ func (w *walker) dir(parent *listing, p string, st *unix.Stat_t, parentClass, cl
 	}
 	w.stats.dirs.Add(1)
 	child := &dirJob{parent: n}
-	if !w.descends(parentClass, p, &fst, dev) {
-		w.release(sub)
+	if !descends(w.sel, parent.class, p, &fst, parent.dev) {
+		w.ls.release(sub)
 		child.path = p
 		return w.send(child)
 	}
-	return w.walk(sub, uint64(fst.Dev), child)
+	return w.walk(sub, child)
 }
 
 func (w *walker) file(dirfd int, p, name string, st *unix.Stat_t, job *dirJob, idx int, ce *cacheEntry) error {

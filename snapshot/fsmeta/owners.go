@@ -2,8 +2,12 @@ package fsmeta
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +54,23 @@ func (o *Owners) Group(gid uint32) string {
 	}
 	o.load()
 	return o.groups[gid]
+}
+
+// Digest is a hash of every ID-to-name mapping Owners knows: equal digests
+// mean that every ID has the same name.
+func (o *Owners) Digest() [32]byte {
+	h := sha256.New()
+	if o != nil {
+		o.load()
+		for _, m := range []map[uint32]string{o.users, o.groups} {
+			ids := slices.Sorted(maps.Keys(m))
+			for _, id := range ids {
+				fmt.Fprintf(h, "%d:%s\n", id, m[id])
+			}
+			h.Write([]byte{0})
+		}
+	}
+	return [32]byte(h.Sum(nil))
 }
 
 // parseIDFile reads a passwd(5) or group(5) file: name:password:id:...
