@@ -56,19 +56,21 @@ const racyWindow = 2 // seconds
 
 // statKey is what the cache compares with a fresh lstat.
 type statKey struct {
-	ino, dev     uint64
-	size         int64
-	mtime, ctime unix.Timespec
-	mode         uint32 // st_mode, type included
-	uid, gid     uint32
-	racy         bool
+	ino, dev             uint64
+	size                 int64
+	mtimeSec, ctimeSec   int64
+	mtimeNsec, ctimeNsec uint32
+	mode                 uint32 // st_mode, type included
+	uid, gid             uint32
+	racy                 bool
 }
 
 const keyRacy = 1 // flag bit
 
 func keyOf(st *unix.Stat_t, cutoff int64) statKey {
 	return statKey{
-		ino: st.Ino, dev: uint64(st.Dev), size: st.Size, mtime: st.Mtim, ctime: st.Ctim,
+		ino: st.Ino, dev: uint64(st.Dev), size: st.Size,
+		mtimeSec: st.Mtim.Sec, mtimeNsec: uint32(st.Mtim.Nsec), ctimeSec: st.Ctim.Sec, ctimeNsec: uint32(st.Ctim.Nsec),
 		mode: st.Mode, uid: st.Uid, gid: st.Gid,
 		racy: st.Ctim.Sec >= cutoff || st.Mtim.Sec >= cutoff,
 	}
@@ -78,14 +80,17 @@ func keyOf(st *unix.Stat_t, cutoff int64) statKey {
 // inode, size, mtime, ctime, type, mode and owner. The device is not
 // compared: some device numbers change at every boot.
 func (k *statKey) unchanged(st *unix.Stat_t) bool {
-	return !k.racy && k.ino == st.Ino && k.size == st.Size && k.mtime == st.Mtim && k.ctime == st.Ctim &&
+	return !k.racy && k.ino == st.Ino && k.size == st.Size &&
+		k.mtimeSec == st.Mtim.Sec && int64(k.mtimeNsec) == st.Mtim.Nsec &&
+		k.ctimeSec == st.Ctim.Sec && int64(k.ctimeNsec) == st.Ctim.Nsec &&
 		k.mode == st.Mode && k.uid == st.Uid && k.gid == st.Gid
 }
 
 // sameData reports whether st has the inode, size and mtime of k: with
 // trust_mtime, its content is taken to be unchanged.
 func (k *statKey) sameData(st *unix.Stat_t) bool {
-	return !k.racy && k.ino == st.Ino && k.size == st.Size && k.mtime == st.Mtim &&
+	return !k.racy && k.ino == st.Ino && k.size == st.Size &&
+		k.mtimeSec == st.Mtim.Sec && int64(k.mtimeNsec) == st.Mtim.Nsec &&
 		k.mode&unix.S_IFMT == st.Mode&unix.S_IFMT
 }
 
@@ -93,10 +98,10 @@ func appendKey(buf []byte, k *statKey) []byte {
 	buf = binary.AppendUvarint(buf, k.ino)
 	buf = binary.AppendUvarint(buf, k.dev)
 	buf = binary.AppendVarint(buf, k.size)
-	buf = binary.AppendVarint(buf, k.mtime.Sec)
-	buf = binary.AppendUvarint(buf, uint64(k.mtime.Nsec))
-	buf = binary.AppendVarint(buf, k.ctime.Sec)
-	buf = binary.AppendUvarint(buf, uint64(k.ctime.Nsec))
+	buf = binary.AppendVarint(buf, k.mtimeSec)
+	buf = binary.AppendUvarint(buf, uint64(k.mtimeNsec))
+	buf = binary.AppendVarint(buf, k.ctimeSec)
+	buf = binary.AppendUvarint(buf, uint64(k.ctimeNsec))
 	buf = binary.AppendUvarint(buf, uint64(k.mode))
 	buf = binary.AppendUvarint(buf, uint64(k.uid))
 	buf = binary.AppendUvarint(buf, uint64(k.gid))
@@ -193,10 +198,10 @@ func readKey(data []byte, k *statKey) ([]byte, bool) {
 	k.ino = u(math.MaxUint64)
 	k.dev = u(math.MaxUint64)
 	k.size = s()
-	k.mtime.Sec = s()
-	k.mtime.Nsec = int64(u(1e9 - 1))
-	k.ctime.Sec = s()
-	k.ctime.Nsec = int64(u(1e9 - 1))
+	k.mtimeSec = s()
+	k.mtimeNsec = uint32(u(1e9 - 1))
+	k.ctimeSec = s()
+	k.ctimeNsec = uint32(u(1e9 - 1))
 	k.mode = uint32(u(math.MaxUint32))
 	k.uid = uint32(u(math.MaxUint32))
 	k.gid = uint32(u(math.MaxUint32))

@@ -92,16 +92,16 @@ func (r *reader) readFile(fj *fileJob) error {
 			return fmt.Errorf("stat after reading: %w", err)
 		}
 		if sameVersion(&fj.st, &after) {
-			fj.node.Content = content
+			fj.entry.node.Content = content
 			return nil
 		}
 		if attempt == maxReadAttempts {
-			fj.node.Content = content
+			fj.entry.node.Content = content
 			fj.changed = true
 			return fmt.Errorf("changed while being read (%d attempts); the snapshot holds the last read", attempt)
 		}
 		fj.st = after
-		fj.node.MtimeSec, fj.node.MtimeNsec = after.Mtim.Sec, uint32(after.Mtim.Nsec)
+		fj.entry.node.MtimeSec, fj.entry.node.MtimeNsec = after.Mtim.Sec, uint32(after.Mtim.Nsec)
 		if _, err := fj.f.Seek(0, io.SeekStart); err != nil {
 			return err
 		}

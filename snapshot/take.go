@@ -331,38 +331,42 @@ func (f *finisher) finish(job *dirJob) error {
 			return f.ctx.Err()
 		}
 		if l.leader.failed.Load() { // its first link could not be read either
-			job.drop[l.idx] = true
+			l.entry.drop = true
 			continue
 		}
-		l.node.Content = l.leader.node.Content
+		l.entry.node.Content = l.leader.entry.node.Content
 	}
 	for _, fj := range job.fileJobs {
+		e := fj.entry
 		if fj.failed.Load() {
-			job.drop[fj.idx] = true
+			e.drop = true
 			continue
 		}
-		job.keys[fj.idx] = keyOf(&fj.st, f.cutoff)
-		job.keys[fj.idx].racy = job.keys[fj.idx].racy || fj.changed
+		e.key = keyOf(&fj.st, f.cutoff)
+		e.key.racy = e.key.racy || fj.changed
 	}
 
 	// Compare every node with the cache's: the counts, and whether the
 	// directory is exactly as cached.
-	encs := make([][]byte, len(job.nodes))
+	encs := make([][]byte, len(job.entries))
 	same := f.reuse && job.rec != nil
 	kept := 0
-	for i := range job.nodes {
-		if job.drop[i] {
+	for i := range job.entries {
+		e := &job.entries[i]
+		if e.drop {
 			continue
 		}
 		kept++
-		eq := true
-		if encs[i] = job.reuse[i]; encs[i] == nil {
+		eq := e.reused
+		if eq {
+			encs[i] = e.prev
+		} else {
 			var err error
-			if encs[i], eq, err = equalNode(&job.nodes[i], job.prev[i]); err != nil {
-				return fmt.Errorf("encode %s: %w", displayPath(childPath(job.path, job.nodes[i].Name)), err)
+			if encs[i], eq, err = equalNode(e.node, e.prev); err != nil {
+				return fmt.Errorf("encode %s: %w", displayPath(childPath(job.path, e.name)), err)
 			}
 		}
-		f.count(&job.nodes[i], encs[i], job.prev[i] != nil, eq)
+		f.count(e, encs[i], eq)
 		same = same && eq
 	}
 	same = same && kept == len(job.rec.entries)
@@ -372,16 +376,18 @@ func (f *finisher) finish(job *dirJob) error {
 		id = job.rec.tree
 	} else {
 		t := &tree.Tree{Nodes: make([]tree.Node, 0, kept)}
-		for i := range job.nodes {
-			if job.drop[i] {
+		for i := range job.entries {
+			e := &job.entries[i]
+			if e.drop {
 				continue
 			}
-			if job.reuse[i] != nil {
-				if err := reuseNode(&job.nodes[i], job.reuse[i]); err != nil {
-					return fmt.Errorf("%s: %w", displayPath(childPath(job.path, job.nodes[i].Name)), err)
+			if e.reused {
+				e.node = &tree.Node{Name: e.name}
+				if err := reuseNode(e.node, e.prev); err != nil {
+					return fmt.Errorf("%s: %w", displayPath(childPath(job.path, e.name)), err)
 				}
 			}
-			t.Nodes = append(t.Nodes, job.nodes[i])
+			t.Nodes = append(t.Nodes, *e.node)
 		}
 		data, err := tree.Encode(t)
 		if err != nil {
@@ -397,12 +403,15 @@ func (f *finisher) finish(job *dirJob) error {
 }
 
 // count adds one node to the new/changed/unmodified counters.
-func (f *finisher) count(n *tree.Node, enc []byte, cached, same bool) {
-	typ := n.Type
-	if typ == 0 { // reused as is: only the encoding knows
-		if h, err := tree.PeekNode(enc); err == nil {
-			typ = h.Type
-		}
+func (f *finisher) count(e *entry, enc []byte, same bool) {
+	typ := tree.Type(0)
+	switch {
+	case e.node != nil:
+		typ = e.node.Type
+	case e.key.mode&unix.S_IFMT == unix.S_IFREG:
+		typ = tree.File
+	case e.key.mode&unix.S_IFMT == unix.S_IFDIR:
+		typ = tree.Dir
 	}
 	var fresh, changed, unmodified *atomic.Int64
 	switch typ {
@@ -414,7 +423,7 @@ func (f *finisher) count(n *tree.Node, enc []byte, cached, same bool) {
 		return
 	}
 	switch {
-	case !cached:
+	case e.prev == nil:
 		fresh.Add(1)
 	case same:
 		unmodified.Add(1)
@@ -430,9 +439,9 @@ func (f *finisher) record(job *dirJob, id index.ID, encs [][]byte, kept int, sam
 		return nil
 	}
 	rewrite := !same
-	for i, j := 0, 0; !rewrite && i < len(job.nodes); i++ {
-		if !job.drop[i] {
-			rewrite = job.keys[i] != job.rec.entries[j].key
+	for i, j := 0, 0; !rewrite && i < len(job.entries); i++ {
+		if !job.entries[i].drop {
+			rewrite = job.entries[i].key != job.rec.entries[j].key
 			j++
 		}
 	}
@@ -441,9 +450,9 @@ func (f *finisher) record(job *dirJob, id index.ID, encs [][]byte, kept int, sam
 		return nil
 	}
 	b := newRecord(id, kept)
-	for i := range job.nodes {
-		if !job.drop[i] {
-			b.add(&job.keys[i], encs[i])
+	for i := range job.entries {
+		if !job.entries[i].drop {
+			b.add(&job.entries[i].key, encs[i])
 		}
 	}
 	select {

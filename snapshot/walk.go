@@ -20,38 +20,41 @@ import (
 	"github.com/understudy/understudy/snapshot/tree"
 )
 
-// dirJob is a directory being snapshotted: its nodes, the files still being
-// read, and where its tree ID goes when it is saved. The slices are indexed
-// like nodes.
+// dirJob is a directory being snapshotted: its entries, the files still
+// being read, and where its tree ID goes when it is saved.
 type dirJob struct {
 	path     string
-	nodes    []tree.Node // capacity fixed at creation: pointers into it stay valid
-	drop     []bool      // nodes left out (could not be read)
-	reuse    [][]byte    // the cached encoding, taken as it is (the node holds only its name)
-	prev     [][]byte    // the cached encoding of this name, nil if the cache has none
-	keys     []statKey   // the stat to record in the cache
-	files    sync.WaitGroup
+	entries  []entry
+	files    sync.WaitGroup // one count per file in fileJobs, done when it is read
 	fileJobs []*fileJob
 	links    []linkRef // hard links whose content comes from their first path
 	parent   *tree.Node
 	rec      *dirRecord // the cache's record of this directory, or nil
 }
 
+// entry is one directory entry of a dirJob.
+type entry struct {
+	node   *tree.Node // nil if reused: prev, the cached encoding, stands for it
+	name   string
+	prev   []byte  // the cached encoding of this name, nil if the cache has none
+	key    statKey // the stat to record in the cache
+	reused bool    // taken from the cache as it is
+	drop   bool    // left out: could not be read
+}
+
 type linkRef struct {
-	idx    int
-	node   *tree.Node
+	entry  *entry
 	leader *fileJob
 }
 
 // fileJob is a regular file: queued for reading, or (content reused from the
 // cache) complete from the start.
 type fileJob struct {
-	dir  *dirJob
-	idx  int
-	node *tree.Node
-	path string
-	f    *os.File
-	st   unix.Stat_t
+	dir   *dirJob
+	entry *entry
+	path  string
+	f     *os.File
+	st    unix.Stat_t
 
 	outstanding atomic.Int32 // the reader's own reference plus one per chunk being saved
 	done        chan struct{}
@@ -363,12 +366,9 @@ func (w *walker) walk(l *listing, job *dirJob) error {
 	}
 	job.path = l.path
 	job.rec = l.rec
-	n := len(l.names)
-	job.nodes = make([]tree.Node, 0, n)
-	job.drop = make([]bool, 0, n)
-	job.reuse = make([][]byte, 0, n)
-	job.prev = make([][]byte, 0, n)
-	job.keys = make([]statKey, 0, n)
+	// Capacity fixed: pointers to entries stay valid.
+	job.entries = make([]entry, 0, len(l.names))
+	allIn := l.class == selection.InScope && !w.sel.HasExcludes()
 	pos := 0
 	for i := range l.names {
 		if l.next <= i && len(w.ls.slots) < cap(w.ls.slots) {
@@ -378,7 +378,7 @@ func (w *walker) walk(l *listing, job *dirJob) error {
 		if l.subs != nil {
 			sub, l.subs[i] = l.subs[i], nil
 		}
-		if err := w.entry(l, i, sub, &pos, job); err != nil {
+		if err := w.entry(l, i, sub, &pos, allIn, job); err != nil {
 			if sub != nil {
 				w.ls.release(sub)
 			}
@@ -412,7 +412,7 @@ func (w *walker) cached(ce *cacheEntry, st *unix.Stat_t) bool {
 
 // entry adds entry i of listing l to job, recursing into directories. sub is
 // the entry's prefetched listing, if any; entry releases it.
-func (w *walker) entry(l *listing, i int, sub *listing, pos *int, job *dirJob) (err error) {
+func (w *walker) entry(l *listing, i int, sub *listing, pos *int, allIn bool, job *dirJob) (err error) {
 	if sub != nil {
 		defer func() {
 			if sub != nil {
@@ -421,8 +421,22 @@ func (w *walker) entry(l *listing, i int, sub *listing, pos *int, job *dirJob) (
 		}()
 	}
 	name := l.names[i]
+	st := &l.stats[i]
+	// The common case first, without building the path: an entry as the
+	// cache has it in a directory whose entries are all taken.
+	if allIn && l.errs[i] == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink <= 1 {
+		if ce := job.rec.find(name, pos); w.cached(ce, st) {
+			job.entries = append(job.entries, entry{name: name, prev: ce.node, key: keyOf(st, w.cutoff), reused: true})
+			if st.Mode&unix.S_IFMT == unix.S_IFREG {
+				w.stats.files.Add(1)
+				w.stats.bytesTotal.Add(st.Size)
+			} else {
+				w.stats.others.Add(1)
+			}
+			return nil
+		}
+	}
 	p := childPath(l.path, name)
-	st := l.stats[i]
 	if err := l.errs[i]; err != nil {
 		if l.class == selection.Ancestor && errors.Is(err, unix.ENOENT) {
 			w.warn(p, errors.New("listed path does not exist"))
@@ -431,7 +445,7 @@ func (w *walker) entry(l *listing, i int, sub *listing, pos *int, job *dirJob) (
 		}
 		return nil
 	}
-	if isRepo(&st, w.repo) {
+	if isRepo(st, w.repo) {
 		return nil
 	}
 	isDir := st.Mode&unix.S_IFMT == unix.S_IFDIR
@@ -440,40 +454,36 @@ func (w *walker) entry(l *listing, i int, sub *listing, pos *int, job *dirJob) (
 		return nil
 	}
 	ce := job.rec.find(name, pos)
-	job.nodes = append(job.nodes, tree.Node{Name: name})
-	job.drop = append(job.drop, false)
-	job.reuse = append(job.reuse, nil)
-	job.prev = append(job.prev, nil)
-	job.keys = append(job.keys, keyOf(&st, w.cutoff))
-	idx := len(job.nodes) - 1
+	job.entries = append(job.entries, entry{name: name, node: &tree.Node{Name: name}, key: keyOf(st, w.cutoff)})
+	e := &job.entries[len(job.entries)-1]
 	if ce != nil {
-		job.prev[idx] = ce.node
+		e.prev = ce.node
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
 		s := sub
 		sub = nil
-		return w.dir(l, p, &st, childClass, job, idx, ce, s)
+		return w.dir(l, p, st, childClass, job, e, ce, s)
 	case unix.S_IFREG:
-		return w.file(l.fd, p, name, &st, job, idx, ce)
+		return w.file(l.fd, p, st, job, e, ce)
 	}
-	w.other(l.fd, p, name, &st, job, idx, ce)
+	w.other(l.fd, p, st, job, e, ce)
 	return nil
 }
 
 // other adds a symlink, device, FIFO or socket.
-func (w *walker) other(dirfd int, p, name string, st *unix.Stat_t, job *dirJob, idx int, ce *cacheEntry) {
-	n := &job.nodes[idx]
+func (w *walker) other(dirfd int, p string, st *unix.Stat_t, job *dirJob, e *entry, ce *cacheEntry) {
+	n := e.node
 	w.stats.others.Add(1)
 	hit := w.cached(ce, st)
 	if hit && st.Nlink <= 1 {
-		job.reuse[idx] = ce.node
+		e.node, e.reused = nil, true
 		return
 	}
 	if !hit || reuseNode(n, ce.node) != nil {
-		if err := fsmeta.ReadNode(dirfd, name, st, -1, w.owners, n); err != nil {
+		if err := fsmeta.ReadNode(dirfd, e.name, st, -1, w.owners, n); err != nil {
 			w.warn(p, err)
-			job.drop[idx] = true
+			e.drop = true
 			return
 		}
 	}
@@ -488,40 +498,28 @@ func (w *walker) other(dirfd int, p, name string, st *unix.Stat_t, job *dirJob, 
 	}
 }
 
-func (w *walker) dir(parent *listing, p string, st *unix.Stat_t, class selection.Class, job *dirJob, idx int, ce *cacheEntry, sub *listing) error {
-	n := &job.nodes[idx]
-	name := n.Name
+func (w *walker) dir(parent *listing, p string, st *unix.Stat_t, class selection.Class, job *dirJob, e *entry, ce *cacheEntry, sub *listing) error {
+	n := e.node
 	if sub == nil {
-		fd, err := openDir(parent.fd, name)
+		fd, err := openDir(parent.fd, e.name)
 		if err != nil {
 			w.warn(p, err)
-			job.drop[idx] = true
+			e.drop = true
 			return nil
 		}
 		sub = newListing(p, fd, class, uint64(st.Dev))
 	}
-	// The node describes the directory that was opened, even if another
-	// took its name since the listing.
-	var fst unix.Stat_t
-	if err := unix.Fstat(sub.fd, &fst); err != nil {
-		w.ls.release(sub)
-		w.warn(p, err)
-		job.drop[idx] = true
-		return nil
-	}
-	sub.dev = uint64(fst.Dev)
-	job.keys[idx] = keyOf(&fst, w.cutoff)
-	if !w.cached(ce, &fst) || reuseNode(n, ce.node) != nil {
-		if err := fsmeta.ReadNode(parent.fd, name, &fst, sub.fd, w.owners, n); err != nil {
+	if !w.cached(ce, st) || reuseNode(n, ce.node) != nil {
+		if err := fsmeta.ReadNode(parent.fd, e.name, st, sub.fd, w.owners, n); err != nil {
 			w.ls.release(sub)
 			w.warn(p, err)
-			job.drop[idx] = true
+			e.drop = true
 			return nil
 		}
 	}
 	w.stats.dirs.Add(1)
 	child := &dirJob{parent: n}
-	if !descends(w.sel, parent.class, p, &fst, parent.dev) {
+	if !descends(w.sel, parent.class, p, st, parent.dev) {
 		w.ls.release(sub)
 		child.path = p
 		return w.send(child)
@@ -529,8 +527,8 @@ func (w *walker) dir(parent *listing, p string, st *unix.Stat_t, class selection
 	return w.walk(sub, child)
 }
 
-func (w *walker) file(dirfd int, p, name string, st *unix.Stat_t, job *dirJob, idx int, ce *cacheEntry) error {
-	n := &job.nodes[idx]
+func (w *walker) file(dirfd int, p string, st *unix.Stat_t, job *dirJob, e *entry, ce *cacheEntry) error {
+	n := e.node
 	hit := w.cached(ce, st)
 	linked := st.Nlink > 1
 	key := inode{uint64(st.Dev), st.Ino}
@@ -538,42 +536,42 @@ func (w *walker) file(dirfd int, p, name string, st *unix.Stat_t, job *dirJob, i
 	if linked {
 		if leader, ok := w.links[key]; ok {
 			if !hit || reuseNode(n, ce.node) != nil {
-				if err := fsmeta.ReadNode(dirfd, name, st, -1, w.owners, n); err != nil {
+				if err := fsmeta.ReadNode(dirfd, e.name, st, -1, w.owners, n); err != nil {
 					w.warn(p, err)
-					job.drop[idx] = true
+					e.drop = true
 					return nil
 				}
 			}
 			n.LinkTo = relPath(job.path, leader.path)
-			job.links = append(job.links, linkRef{idx: idx, node: n, leader: leader})
+			job.links = append(job.links, linkRef{entry: e, leader: leader})
 			return nil
 		}
 	}
 	w.stats.bytesTotal.Add(st.Size)
 	if hit && !linked {
-		job.reuse[idx] = ce.node
+		e.node, e.reused = nil, true
 		return nil
 	}
-	fj := &fileJob{dir: job, idx: idx, node: n, path: p, st: *st, done: make(chan struct{})}
+	fj := &fileJob{dir: job, entry: e, path: p, st: *st, done: make(chan struct{})}
 	if hit && reuseNode(n, ce.node) == nil {
 		n.LinkTo = "" // the first link in this snapshot
 		w.links[key] = fj
 		close(fj.done)
 		return nil
 	}
-	f, err := openFile(dirfd, name)
+	f, err := openFile(dirfd, e.name)
 	if err != nil {
 		w.warn(p, err)
-		job.drop[idx] = true
+		e.drop = true
 		return nil
 	}
 	if w.opened != nil {
 		w.opened(p)
 	}
-	if err := fsmeta.ReadNode(dirfd, name, st, int(f.Fd()), w.owners, n); err != nil {
+	if err := fsmeta.ReadNode(dirfd, e.name, st, int(f.Fd()), w.owners, n); err != nil {
 		f.Close()
 		w.warn(p, err)
-		job.drop[idx] = true
+		e.drop = true
 		return nil
 	}
 	if linked {

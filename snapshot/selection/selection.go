@@ -120,6 +120,10 @@ func (s *Selection) Paths() []string { return slices.Clone(s.paths) }
 // Excludes returns the exclude patterns as given to New.
 func (s *Selection) Excludes() []string { return slices.Clone(s.excludes) }
 
+// HasExcludes reports whether there are exclude patterns: without them,
+// every child of an InScope directory is InScope.
+func (s *Selection) HasExcludes() bool { return len(s.excludes) > 0 }
+
 // OneFileSystem reports whether the walk stays on the device of each
 // listed path (enforced by the walker).
 func (s *Selection) OneFileSystem() bool { return s.oneFS }
