@@ -48,10 +48,11 @@ func parseCacheMeta(meta []byte) (root string, owners [32]byte, ok bool) {
 	return string(meta[33:]), owners, true
 }
 
-// racyWindow: an entry whose ctime or mtime is this close to the snapshot's
-// start (or later) is recorded as racy and never matches. A file changed
-// again within the same timestamp tick after it was read would otherwise
-// keep its ctime and mtime, and its old content would be reused.
+// racyWindow: an entry whose ctime is this close to the snapshot's start (or
+// later) is recorded as racy and never matches. A file changed again within
+// the same timestamp tick after it was read would otherwise keep its ctime
+// and mtime, and its old content would be reused. (A future mtime does not
+// matter: any change moves the ctime to the present.)
 const racyWindow = 2 // seconds
 
 // statKey is what the cache compares with a fresh lstat.
@@ -72,7 +73,7 @@ func keyOf(st *unix.Stat_t, cutoff int64) statKey {
 		ino: st.Ino, dev: uint64(st.Dev), size: st.Size,
 		mtimeSec: st.Mtim.Sec, mtimeNsec: uint32(st.Mtim.Nsec), ctimeSec: st.Ctim.Sec, ctimeNsec: uint32(st.Ctim.Nsec),
 		mode: st.Mode, uid: st.Uid, gid: st.Gid,
-		racy: st.Ctim.Sec >= cutoff || st.Mtim.Sec >= cutoff,
+		racy: st.Ctim.Sec >= cutoff,
 	}
 }
 

@@ -55,6 +55,8 @@ type Options struct {
 	Progress func(Stats)
 	// opened is a test hook called for every file opened for reading.
 	opened func(path string)
+	// now is a test clock for the racy cutoff; nil means time.Now.
+	now func() time.Time
 }
 
 // Result of a snapshot.
@@ -134,6 +136,9 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	}
 	rootList := newListing("/", listfd, opts.Selection.Root(), uint64(rootSt.Dev))
 	cutoff := start.Unix() - racyWindow
+	if opts.now != nil {
+		cutoff = opts.now().Unix() - racyWindow
+	}
 
 	g.Go(func() error {
 		ls := newLister(opts.Selection, readCache, repoIno)
