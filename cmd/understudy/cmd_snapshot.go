@@ -22,6 +22,8 @@ type snapshotOptions struct {
 	tags          []string
 	root          string
 	readers       int
+	forceRead     bool
+	trustMtime    bool
 	paths         []string
 }
 
@@ -33,6 +35,10 @@ func newSnapshotCmd(g *globals) *cobra.Command {
 		Long: `Take a point-in-time snapshot of PATH... and everything below them, except
 what --exclude patterns (rsync --exclude syntax) leave out. A listed PATH is
 always taken, even under an excluded directory.
+
+Files whose inode, size, mtime and ctime are as at the set's last snapshot
+are not opened: their content and metadata come from the change-detection
+cache in index.db. --force-read reads every file all the same.
 
 Exit status 3 means the snapshot was written but some paths could not be
 read; they are listed on stderr and in the snapshot.`,
@@ -49,6 +55,8 @@ read; they are listed on stderr and in the snapshot.`,
 	f.StringArrayVar(&opts.tags, "tag", nil, "add a `TAG` to the snapshot (repeatable)")
 	f.StringVar(&opts.root, "root", "/", "the directory that stands for / (snapshot another root filesystem mounted there)")
 	f.IntVar(&opts.readers, "readers", 2, "files read at once (more for SSDs and many small files, 1 for one spinning disk)")
+	f.BoolVar(&opts.forceRead, "force-read", false, "read every file, trusting nothing in the change-detection cache")
+	f.BoolVar(&opts.trustMtime, "trust-mtime", false, "when only a file's ctime moved (chmod, chown, xattrs), re-read its metadata but not its content")
 	return cmd
 }
 
@@ -103,6 +111,7 @@ func runSnapshot(ctx context.Context, g *globals, opts snapshotOptions) error {
 	prog := g.newProgress()
 	sopts := snapshot.Options{
 		Root: opts.root, Selection: sel, Set: opts.set, Host: host, Tags: opts.tags, Readers: opts.readers,
+		ForceRead: opts.forceRead, TrustMtime: opts.trustMtime,
 		Warn: func(p string, err error) {
 			prog.done()
 			fmt.Fprintf(g.stderr, "warning: %s: %v\n", showPath(p), err)
@@ -128,9 +137,12 @@ func runSnapshot(ctx context.Context, g *globals, opts snapshotOptions) error {
 			return err
 		}
 	} else {
-		g.printf("snapshot %s saved: %d files, %d dirs, %d others; %s read, %s new (%s stored) in %s\n",
-			res.ID.Short(), st.Files, st.Dirs, st.Others, humanBytes(st.BytesRead), humanBytes(st.RawAdded),
-			humanBytes(st.BytesAdded), fmtDuration(st.DurationSec))
+		g.printf("snapshot %s saved in %s\n", res.ID.Short(), fmtDuration(st.DurationSec))
+		g.printf("  files: %d new, %d changed, %d unmodified\n", st.FilesNew, st.FilesChanged, st.FilesUnmodified)
+		g.printf("  dirs:  %d new, %d changed, %d unmodified; %d others (symlinks, devices, FIFOs, sockets)\n",
+			st.DirsNew, st.DirsChanged, st.DirsUnmodified, st.Others)
+		g.printf("  data:  %s read of %s; %s new, %s added to the repository (compressed)\n",
+			humanBytes(st.BytesRead), humanBytes(st.BytesTotal), humanBytes(st.RawAdded), humanBytes(st.BytesAdded))
 	}
 	if n := len(res.Record.Warnings); n > 0 {
 		return &codedError{code: exitPartial, err: fmt.Errorf("snapshot %s is missing %d paths that could not be read (listed above)", res.ID.Short(), n)}
