@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -55,6 +56,7 @@ type globals struct {
 	quiet       bool
 	verbose     bool
 	cpuProfile  string
+	traceFile   string
 	stopProfile func()
 	stdout      io.Writer
 	stderr      io.Writer
@@ -117,16 +119,26 @@ or rolls back any of them.`,
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "print more detail")
 	pf.StringVar(&g.cpuProfile, "cpuprofile", "", "write a CPU profile of the command to `FILE` (for bench/)")
 	pf.MarkHidden("cpuprofile")
+	pf.StringVar(&g.traceFile, "trace", "", "write an execution trace of the command to `FILE` (for bench/)")
+	pf.MarkHidden("trace")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
-		if g.cpuProfile == "" {
-			return nil
+		switch {
+		case g.cpuProfile != "":
+			f, err := os.Create(g.cpuProfile)
+			if err != nil {
+				return err
+			}
+			g.stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+			return pprof.StartCPUProfile(f)
+		case g.traceFile != "":
+			f, err := os.Create(g.traceFile)
+			if err != nil {
+				return err
+			}
+			g.stopProfile = func() { trace.Stop(); f.Close() }
+			return trace.Start(f)
 		}
-		f, err := os.Create(g.cpuProfile)
-		if err != nil {
-			return err
-		}
-		g.stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
-		return pprof.StartCPUProfile(f)
+		return nil
 	}
 	root.AddCommand(
 		newInitCmd(g),
