@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -34,6 +35,7 @@ func (o *opens) hook(p string) {
 	o.mu.Unlock()
 }
 
+// take snapshots paths; with opts.Root unset, of the test's source tree.
 func (o *opens) take(t *testing.T, r *chunkstore.Repo, opts Options, paths ...string) *Result {
 	t.Helper()
 	o.paths = nil
@@ -49,32 +51,36 @@ func (o *opens) take(t *testing.T, r *chunkstore.Repo, opts Options, paths ...st
 	return res
 }
 
-func cacheTree(t *testing.T) (src string, r *chunkstore.Repo) {
+// cacheTree builds testtree.Every in root/src, where root is a directory
+// of the test's own: snapshots are taken with Options.Root = root, so that
+// no ancestor changes under other tests (as /tmp does). src is the path in
+// the snapshot, "/src".
+func cacheTree(t *testing.T) (root, src string, r *chunkstore.Repo) {
 	t.Helper()
 	testtree.NeedRoot(t)
-	base := t.TempDir()
-	src = filepath.Join(base, "src")
-	if err := os.Mkdir(src, 0o755); err != nil {
+	root = t.TempDir()
+	dir := filepath.Join(root, "src")
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	testtree.Every(t, src)
-	t.Cleanup(func() { testtree.ClearFlags(t, src) })
-	return src, newRepo(t, filepath.Join(base, "repo"))
+	testtree.Every(t, dir)
+	t.Cleanup(func() { testtree.ClearFlags(t, dir) })
+	return root, "/src", newRepo(t, filepath.Join(t.TempDir(), "repo"))
 }
 
 // A second snapshot of an unchanged tree opens no file, reads no byte and
 // gives the same root tree; every file and directory counts as unmodified.
 func TestUnchangedTreeOpensNoFile(t *testing.T) {
-	src, r := cacheTree(t)
+	root, src, r := cacheTree(t)
 	var o opens
-	first := o.take(t, r, Options{}, src)
+	first := o.take(t, r, Options{Root: root}, src)
 	if len(o.paths) == 0 {
 		t.Fatal("the first snapshot opened nothing")
 	}
 	if s := first.Record.Stats; s.FilesNew != s.Files || s.FilesUnmodified != 0 {
 		t.Fatalf("first snapshot stats: %+v", s)
 	}
-	second := o.take(t, r, Options{}, src)
+	second := o.take(t, r, Options{Root: root}, src)
 	if len(o.paths) != 0 {
 		t.Fatalf("unchanged tree: opened %q", o.paths)
 	}
@@ -91,14 +97,14 @@ func TestUnchangedTreeOpensNoFile(t *testing.T) {
 // Changing one file's content re-reads that file only; the snapshot holds
 // the new content and is the snapshot a full read gives.
 func TestContentChangeRereadsOnlyThatFile(t *testing.T) {
-	src, r := cacheTree(t)
+	root, src, r := cacheTree(t)
 	var o opens
-	o.take(t, r, Options{}, src)
+	o.take(t, r, Options{Root: root}, src)
 	f := filepath.Join(src, "files/small")
-	if err := os.WriteFile(f, []byte("HELLO, understudy\n"), 0o644); err != nil {
+	if err := os.WriteFile(root+f, []byte("HELLO, understudy\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	res := o.take(t, r, Options{}, src)
+	res := o.take(t, r, Options{Root: root}, src)
 	if !slices.Equal(o.paths, []string{f}) {
 		t.Fatalf("opened %q, want only %s", o.paths, f)
 	}
@@ -108,7 +114,7 @@ func TestContentChangeRereadsOnlyThatFile(t *testing.T) {
 	if s := res.Record.Stats; s.FilesChanged != 1 || s.FilesNew != 0 || s.BytesRead != 18 {
 		t.Fatalf("stats: %+v", s)
 	}
-	full := o.take(t, r, Options{ForceRead: true}, src)
+	full := o.take(t, r, Options{Root: root, ForceRead: true}, src)
 	if full.Record.Root != res.Record.Root {
 		t.Fatal("the cached snapshot differs from a full read")
 	}
@@ -119,14 +125,14 @@ func TestContentChangeRereadsOnlyThatFile(t *testing.T) {
 func TestChmodRereadsMetadata(t *testing.T) {
 	for _, trust := range []bool{false, true} {
 		t.Run(map[bool]string{false: "default", true: "trust_mtime"}[trust], func(t *testing.T) {
-			src, r := cacheTree(t)
+			root, src, r := cacheTree(t)
 			var o opens
-			o.take(t, r, Options{TrustMtime: trust}, src)
+			o.take(t, r, Options{Root: root, TrustMtime: trust}, src)
 			f := filepath.Join(src, "files/text-3m")
-			if err := os.Chmod(f, 0o600); err != nil {
+			if err := os.Chmod(root+f, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			res := o.take(t, r, Options{TrustMtime: trust}, src)
+			res := o.take(t, r, Options{Root: root, TrustMtime: trust}, src)
 			if !slices.Equal(o.paths, []string{f}) {
 				t.Fatalf("opened %q, want only %s", o.paths, f)
 			}
@@ -151,11 +157,11 @@ func TestChmodRereadsMetadata(t *testing.T) {
 // --force-read opens every file whatever the cache says, and still tells
 // which files changed.
 func TestForceReadOpensEveryFile(t *testing.T) {
-	src, r := cacheTree(t)
+	root, src, r := cacheTree(t)
 	var o opens
-	o.take(t, r, Options{}, src)
+	o.take(t, r, Options{Root: root}, src)
 	first := slices.Clone(o.paths)
-	res := o.take(t, r, Options{ForceRead: true}, src)
+	res := o.take(t, r, Options{Root: root, ForceRead: true}, src)
 	if !slices.Equal(o.paths, first) {
 		t.Fatalf("force-read opened %d files, the first snapshot %d", len(o.paths), len(first))
 	}
@@ -191,9 +197,9 @@ func TestRacyFileIsReadAgain(t *testing.T) {
 // The snapshot the cache describes must still exist: after it is gone (a
 // forget), every file is read again.
 func TestCacheOfMissingSnapshotIsNotUsed(t *testing.T) {
-	src, r := cacheTree(t)
+	root, src, r := cacheTree(t)
 	var o opens
-	first := o.take(t, r, Options{}, src)
+	first := o.take(t, r, Options{Root: root}, src)
 	all := slices.Clone(o.paths)
 	err := r.Index().Bolt().Update(func(tx *bolt.Tx) error {
 		return tx.Bucket([]byte("snapshots")).Delete(first.ID[:])
@@ -201,7 +207,7 @@ func TestCacheOfMissingSnapshotIsNotUsed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.take(t, r, Options{}, src)
+	o.take(t, r, Options{Root: root}, src)
 	if !slices.Equal(o.paths, all) {
 		t.Fatalf("opened %d files, want all %d", len(o.paths), len(all))
 	}
@@ -210,8 +216,8 @@ func TestCacheOfMissingSnapshotIsNotUsed(t *testing.T) {
 // Every kind of change, one after the other: each snapshot with the cache
 // equals a snapshot that reads everything.
 func TestCachedSnapshotEqualsFullRead(t *testing.T) {
-	src, r := cacheTree(t)
-	p := func(rel string) string { return filepath.Join(src, rel) }
+	root, src, r := cacheTree(t)
+	p := func(rel string) string { return filepath.Join(root, src, rel) }
 	steps := []struct {
 		name string
 		do   func() error
@@ -268,10 +274,24 @@ func TestCachedSnapshotEqualsFullRead(t *testing.T) {
 		if err := step.do(); err != nil {
 			t.Fatalf("%s: %v", step.name, err)
 		}
-		cached := o.take(t, r, Options{}, src)
-		full := o.take(t, r, Options{ForceRead: true}, src)
-		if cached.Record.Root != full.Record.Root {
-			t.Fatalf("after %q: cached snapshot %s, full read %s", step.name, cached.Record.Root.Short(), full.Record.Root.Short())
+		cached := o.take(t, r, Options{Root: root}, src)
+		full := o.take(t, r, Options{Root: root, ForceRead: true}, src)
+		// src's own tree: its ancestors, /tmp among them, change under
+		// other tests.
+		a, _, err := Resolve(r, cached.Record.Root, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _, err := Resolve(r, full.Record.Root, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Subtree != b.Subtree {
+			Diff(context.Background(), r, a.Subtree, b.Subtree, func(c Change) error {
+				t.Errorf("%+v", c)
+				return nil
+			})
+			t.Fatalf("after %q: cached snapshot %s, full read %s", step.name, a.Subtree.Short(), b.Subtree.Short())
 		}
 	}
 }

@@ -134,7 +134,8 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 	if err != nil {
 		return nil, err
 	}
-	rootList := newListing("/", listfd, opts.Selection.Root(), uint64(rootSt.Dev))
+	rootList := newListing(nil, "", "/", opts.Selection.Root(), uint64(rootSt.Dev))
+	rootList.fd = listfd
 	cutoff := start.Unix() - racyWindow
 	if opts.now != nil {
 		cutoff = opts.now().Unix() - racyWindow

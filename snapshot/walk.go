@@ -1,7 +1,6 @@
 package snapshot
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/understudy/understudy/index"
 	"github.com/understudy/understudy/snapshot/fsmeta"
 	"github.com/understudy/understudy/snapshot/selection"
 	"github.com/understudy/understudy/snapshot/tree"
@@ -64,211 +62,6 @@ type fileJob struct {
 
 // inode identifies a file for hard-link detection.
 type inode struct{ dev, ino uint64 }
-
-// listing is one directory's names in byte order with their lstat and the
-// cache's record, filled by a lister ahead of the walker or by the walker
-// itself, whichever claims it first.
-type listing struct {
-	path  string
-	fd    int // closed by release
-	class selection.Class
-	dev   uint64 // the directory's device
-	slot  bool   // holds one of the prefetch slots
-
-	claimed atomic.Bool
-	done    chan struct{}
-	names   []string
-	stats   []unix.Stat_t
-	errs    []error
-	err     error // reading the directory failed
-	rec     *dirRecord
-	subs    []*listing // listings of subdirectories opened ahead, by entry
-	next    int        // entries before it were considered for prefetching
-}
-
-func newListing(p string, fd int, class selection.Class, dev uint64) *listing {
-	return &listing{path: p, fd: fd, class: class, dev: dev, done: make(chan struct{})}
-}
-
-// maxPrefetch bounds the directories listed ahead of the walker, each with
-// an open descriptor and its names and stats: at most maxPrefetch times the
-// widest directory, besides the directories on the walker's own stack.
-const maxPrefetch = 64
-
-// lister lists directories: the walker's own and, on other goroutines,
-// those it will enter next. Whoever lists a directory opens its
-// subdirectories while prefetch slots are free and queues them for the
-// listers, which take the first in the walker's depth-first order: the one
-// the walker needs soonest.
-type lister struct {
-	sel   *selection.Selection
-	cache *index.Cache // nil: no records
-	repo  inode
-	slots chan struct{}
-
-	mu     sync.Mutex
-	cond   sync.Cond
-	queue  walkOrder
-	closed bool
-}
-
-// walkOrder is a heap of listings, the first in depth-first order on top.
-type walkOrder []*listing
-
-func (q walkOrder) Len() int           { return len(q) }
-func (q walkOrder) Less(i, j int) bool { return beforeInWalk(q[i].path, q[j].path) }
-func (q walkOrder) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
-func (q *walkOrder) Push(x any)        { *q = append(*q, x.(*listing)) }
-func (q *walkOrder) Pop() any {
-	old := *q
-	l := old[len(old)-1]
-	*q = old[:len(old)-1]
-	return l
-}
-
-// beforeInWalk reports whether the walk, depth-first with names in byte
-// order, reaches path a before path b: byte order with '/' lowest.
-func beforeInWalk(a, b string) bool {
-	n := min(len(a), len(b))
-	for i := 0; i < n; i++ {
-		if a[i] != b[i] {
-			x, y := a[i], b[i]
-			if x == '/' {
-				x = 0
-			}
-			if y == '/' {
-				y = 0
-			}
-			return x < y
-		}
-	}
-	return len(a) < len(b)
-}
-
-func newLister(sel *selection.Selection, cache *index.Cache, repo inode) *lister {
-	ls := &lister{sel: sel, cache: cache, repo: repo, slots: make(chan struct{}, maxPrefetch)}
-	ls.cond.L = &ls.mu
-	return ls
-}
-
-// run fills stacked listings until stop.
-func (ls *lister) run() {
-	for {
-		ls.mu.Lock()
-		for len(ls.queue) == 0 && !ls.closed {
-			ls.cond.Wait()
-		}
-		if ls.closed {
-			ls.mu.Unlock()
-			return
-		}
-		l := heap.Pop(&ls.queue).(*listing)
-		ls.mu.Unlock()
-		if l.claimed.CompareAndSwap(false, true) {
-			ls.fill(l)
-		}
-	}
-}
-
-func (ls *lister) stop() {
-	ls.mu.Lock()
-	ls.closed = true
-	ls.cond.Broadcast()
-	ls.mu.Unlock()
-}
-
-// obtain returns once l is filled, filling it here if no lister has begun.
-func (ls *lister) obtain(l *listing) {
-	if l.claimed.CompareAndSwap(false, true) {
-		ls.fill(l)
-	}
-	<-l.done
-}
-
-func (ls *lister) fill(l *listing) {
-	defer close(l.done)
-	if l.class == selection.Ancestor {
-		l.names = ls.sel.Needed(l.path)
-		slices.Sort(l.names)
-	} else {
-		l.names, l.err = readNames(l.fd)
-	}
-	l.stats = make([]unix.Stat_t, len(l.names))
-	l.errs = make([]error, len(l.names))
-	for i, name := range l.names {
-		l.stats[i], l.errs[i] = fsmeta.Lstat(l.fd, name)
-	}
-	if ls.cache != nil && len(l.path) <= index.MaxCacheKey {
-		// A record that cannot be read is a miss: the directory is read.
-		if raw, err := ls.cache.Get([]byte(l.path)); err == nil && raw != nil {
-			l.rec, _ = decodeRecord(raw)
-		}
-	}
-	ls.prefetch(l)
-}
-
-// prefetch opens the subdirectories of l that the walk will enter, as far
-// as the slots allow, and queues them for the listers. It goes on where it
-// stopped when it is called again for l.
-func (ls *lister) prefetch(l *listing) {
-	var opened []*listing
-	for ; l.next < len(l.names); l.next++ {
-		i, name := l.next, l.names[l.next]
-		st := &l.stats[i]
-		if l.errs[i] != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR || isRepo(st, ls.repo) {
-			continue
-		}
-		p := childPath(l.path, name)
-		class := ls.sel.Child(l.class, p, true)
-		if class == selection.Outside || !descends(ls.sel, l.class, p, st, l.dev) {
-			continue
-		}
-		select {
-		case ls.slots <- struct{}{}:
-		default:
-			goto queue // no slot left: the walker tops up later
-		}
-		fd, err := openDir(l.fd, name)
-		if err != nil {
-			<-ls.slots
-			continue // the walker reports it
-		}
-		if l.subs == nil {
-			l.subs = make([]*listing, len(l.names))
-		}
-		sub := newListing(p, fd, class, uint64(st.Dev))
-		sub.slot = true
-		l.subs[i] = sub
-		opened = append(opened, sub)
-	}
-queue:
-	if len(opened) == 0 {
-		return
-	}
-	ls.mu.Lock()
-	for _, sub := range opened {
-		heap.Push(&ls.queue, sub)
-	}
-	ls.cond.Broadcast()
-	ls.mu.Unlock()
-}
-
-// release gives back l's descriptor and slot, and those of the listings
-// opened below it that the walk did not take, once no lister uses them.
-func (ls *lister) release(l *listing) {
-	if !l.claimed.CompareAndSwap(false, true) {
-		<-l.done
-	}
-	for _, s := range l.subs {
-		if s != nil {
-			ls.release(s)
-		}
-	}
-	unix.Close(l.fd)
-	if l.slot {
-		<-ls.slots
-	}
-}
 
 type walker struct {
 	ctx     context.Context
@@ -352,12 +145,8 @@ func isRepo(st *unix.Stat_t, repo inode) bool {
 // walk snapshots the directory of listing l and queues it for the finisher
 // after all its subdirectories. It releases l.
 func (w *walker) walk(l *listing, job *dirJob) error {
-	w.ls.obtain(l)
+	w.ls.open(l)
 	defer w.ls.release(l)
-	if l.slot { // no longer ahead of the walker
-		<-w.ls.slots
-		l.slot = false
-	}
 	if err := w.ctx.Err(); err != nil {
 		return err
 	}
@@ -371,9 +160,6 @@ func (w *walker) walk(l *listing, job *dirJob) error {
 	allIn := l.class == selection.InScope && !w.sel.HasExcludes()
 	pos := 0
 	for i := range l.names {
-		if l.next <= i && len(w.ls.slots) < cap(w.ls.slots) {
-			w.ls.prefetch(l)
-		}
 		var sub *listing
 		if l.subs != nil {
 			sub, l.subs[i] = l.subs[i], nil
@@ -500,14 +286,19 @@ func (w *walker) other(dirfd int, p string, st *unix.Stat_t, job *dirJob, e *ent
 
 func (w *walker) dir(parent *listing, p string, st *unix.Stat_t, class selection.Class, job *dirJob, e *entry, ce *cacheEntry, sub *listing) error {
 	n := e.node
-	if sub == nil {
-		fd, err := openDir(parent.fd, e.name)
-		if err != nil {
-			w.warn(p, err)
-			e.drop = true
-			return nil
-		}
-		sub = newListing(p, fd, class, uint64(st.Dev))
+	if sub == nil { // not entered: a mount point, opened for its metadata
+		sub = newListing(parent, e.name, p, class, uint64(st.Dev))
+		sub.claimed.Store(true)
+		close(sub.done)
+		sub.fd, sub.openErr = openDir(parent.fd, e.name)
+	} else {
+		w.ls.open(sub)
+	}
+	if sub.openErr != nil {
+		w.ls.release(sub)
+		w.warn(p, sub.openErr)
+		e.drop = true
+		return nil
 	}
 	if !w.cached(ce, st) || reuseNode(n, ce.node) != nil {
 		if err := fsmeta.ReadNode(parent.fd, e.name, st, sub.fd, w.owners, n); err != nil {
