@@ -3,14 +3,17 @@ package snapshot
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/understudy/understudy/index"
+	"github.com/understudy/understudy/snapshot/selection"
 	"github.com/understudy/understudy/snapshot/tree"
 )
 
@@ -18,6 +21,8 @@ import (
 // directory of the set's last snapshot, under the directory's path:
 //
 //	version   1 byte, cacheVersion
+//	flags     1 byte: bit 0 complete (every name the directory had is an
+//	          entry here or was outside the selection)
 //	tree      32 bytes, the ID of the directory's tree blob
 //	count     uvarint, the number of entries
 //	entries   count times, sorted by name:
@@ -33,19 +38,46 @@ import (
 const cacheVersion = 1
 
 // cacheMeta is the cache state's meta: the record format, a digest of the
-// host's user and group names, and the root the snapshot was taken of. A
-// cache of another root is not used.
-func cacheMeta(root string, owners [32]byte) []byte {
-	meta := append([]byte{cacheVersion}, owners[:]...)
-	return append(meta, root...)
+// host's user and group names, a digest of the selection, and the root the
+// snapshot was taken of. A cache of another root is not used; with another
+// selection, directory listings are not taken from it.
+type cacheMeta struct {
+	root      string
+	owners    [32]byte
+	selection [32]byte
 }
 
-func parseCacheMeta(meta []byte) (root string, owners [32]byte, ok bool) {
-	if len(meta) < 1+32 || meta[0] != cacheVersion {
-		return "", owners, false
+func (m *cacheMeta) encode() []byte {
+	b := append([]byte{cacheVersion}, m.owners[:]...)
+	b = append(b, m.selection[:]...)
+	return append(b, m.root...)
+}
+
+func parseCacheMeta(b []byte) (m cacheMeta, ok bool) {
+	if len(b) < 1+64 || b[0] != cacheVersion {
+		return m, false
 	}
-	copy(owners[:], meta[1:])
-	return string(meta[33:]), owners, true
+	copy(m.owners[:], b[1:])
+	copy(m.selection[:], b[33:])
+	m.root = string(b[65:])
+	return m, true
+}
+
+// selectionDigest identifies a selection: listed paths, excludes and
+// one-file-system.
+func selectionDigest(sel *selection.Selection) [32]byte {
+	h := sha256.New()
+	for _, p := range sel.Paths() {
+		h.Write(append([]byte(p), 0))
+	}
+	h.Write([]byte{1})
+	for _, x := range sel.Excludes() {
+		h.Write(append([]byte(x), 0))
+	}
+	if sel.OneFileSystem() {
+		h.Write([]byte{1})
+	}
+	return [32]byte(h.Sum(nil))
 }
 
 // racyWindow: an entry whose ctime is this close to the snapshot's start (or
@@ -115,8 +147,20 @@ func appendKey(buf []byte, k *statKey) []byte {
 
 // dirRecord is a decoded cache record. Node encodings alias the record.
 type dirRecord struct {
-	tree    index.ID
-	entries []cacheEntry
+	tree     index.ID
+	complete bool
+	entries  []cacheEntry
+}
+
+const recordComplete = 1 // flag bit
+
+// names returns the entries' names, in order.
+func (r *dirRecord) names() []string {
+	names := make([]string, len(r.entries))
+	for i := range r.entries {
+		names[i] = r.entries[i].name
+	}
+	return names
 }
 
 type cacheEntry struct {
@@ -130,14 +174,16 @@ var errBadRecord = errors.New("corrupt change-cache record")
 
 // decodeRecord parses a cache record. It distrusts its input like every
 // decoder: a damaged index must not make a snapshot wrong, only slower.
+//
+// The names alias data, which the caller must not change.
 func decodeRecord(data []byte) (*dirRecord, error) {
 	fail := func(what string) (*dirRecord, error) { return nil, fmt.Errorf("%w: %s", errBadRecord, what) }
-	if len(data) < 1+index.IDSize || data[0] != cacheVersion {
-		return fail("bad version or truncated")
+	if len(data) < 2+index.IDSize || data[0] != cacheVersion || data[1]&^recordComplete != 0 {
+		return fail("bad version or flags, or truncated")
 	}
-	r := &dirRecord{}
-	copy(r.tree[:], data[1:])
-	data = data[1+index.IDSize:]
+	r := &dirRecord{complete: data[1]&recordComplete != 0}
+	copy(r.tree[:], data[2:])
+	data = data[2+index.IDSize:]
 	count, n := binary.Uvarint(data)
 	// An entry is at least 11 key bytes, a length byte and a node of 12.
 	if n <= 0 || count > uint64(len(data))/24 {
@@ -157,11 +203,11 @@ func decodeRecord(data []byte) (*dirRecord, error) {
 		}
 		e.node = data[n : n+int(l) : n+int(l)]
 		data = data[n+int(l):]
-		head, err := tree.PeekNode(e.node)
-		if err != nil {
-			return fail(err.Error())
+		name, ok := nodeName(e.node)
+		if !ok {
+			return fail("bad node name")
 		}
-		e.name = string(head.Name)
+		e.name = name
 		if err := tree.CheckName(e.name); err != nil {
 			return fail(err.Error())
 		}
@@ -174,6 +220,15 @@ func decodeRecord(data []byte) (*dirRecord, error) {
 		return fail("trailing bytes")
 	}
 	return r, nil
+}
+
+// nodeName returns the name an encoded node starts with, aliasing it.
+func nodeName(node []byte) (string, bool) {
+	l, n := binary.Uvarint(node)
+	if n <= 0 || l == 0 || l > tree.MaxNameLen || l > uint64(len(node)-n) {
+		return "", false
+	}
+	return unsafe.String(&node[n], int(l)), true
 }
 
 func readKey(data []byte, k *statKey) ([]byte, bool) {
@@ -231,9 +286,13 @@ func (r *dirRecord) find(name string, pos *int) *cacheEntry {
 // recordBuilder encodes a new record.
 type recordBuilder struct{ buf []byte }
 
-func newRecord(id index.ID, count int) *recordBuilder {
+func newRecord(id index.ID, count int, complete bool) *recordBuilder {
 	b := &recordBuilder{buf: make([]byte, 0, 64+count*128)}
-	b.buf = append(b.buf, cacheVersion)
+	var flags byte
+	if complete {
+		flags |= recordComplete
+	}
+	b.buf = append(b.buf, cacheVersion, flags)
 	b.buf = append(b.buf, id[:]...)
 	b.buf = binary.AppendUvarint(b.buf, uint64(count))
 	return b

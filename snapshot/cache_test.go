@@ -15,6 +15,7 @@ import (
 
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
+	"github.com/understudy/understudy/snapshot/selection"
 	"github.com/understudy/understudy/snapshot/testtree"
 	"github.com/understudy/understudy/snapshot/tree"
 )
@@ -304,16 +305,16 @@ func FuzzDecodeCacheRecord(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	b := newRecord(index.Hash([]byte("tree")), 1)
+	b := newRecord(index.Hash([]byte("tree")), 1, true)
 	b.add(&statKey{ino: 7, dev: 2049, size: 1, mtimeSec: 1e9, ctimeSec: 1e9, mode: unix.S_IFREG | 0o644, racy: true}, enc)
 	f.Add(b.buf)
-	f.Add(newRecord(index.ID{}, 0).buf)
+	f.Add(newRecord(index.ID{}, 0, false).buf)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := decodeRecord(data)
 		if err != nil {
 			return
 		}
-		out := newRecord(r.tree, len(r.entries))
+		out := newRecord(r.tree, len(r.entries), r.complete)
 		for i := range r.entries {
 			out.add(&r.entries[i].key, r.entries[i].node)
 		}
@@ -321,7 +322,7 @@ func FuzzDecodeCacheRecord(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-encoded record does not decode: %v", err)
 		}
-		if r2.tree != r.tree || len(r2.entries) != len(r.entries) {
+		if r2.tree != r.tree || r2.complete != r.complete || len(r2.entries) != len(r.entries) {
 			t.Fatal("re-encoded record differs")
 		}
 		for i := range r.entries {
@@ -331,4 +332,31 @@ func FuzzDecodeCacheRecord(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Unchanged directories are listed from the cache only while the selection
+// is the one the cache was written with: an exclude dropped brings back
+// what it excluded, though no directory changed.
+func TestDroppedExcludeBringsEntriesBack(t *testing.T) {
+	root, src, r := cacheTree(t)
+	var o opens
+	excl, err := selection.New([]string{src}, []string{"/src/files/random-3m", "/src/tree/a/b/"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.take(t, r, Options{Root: root, Selection: excl}, src)
+	o.take(t, r, Options{Root: root, Selection: excl}, src)
+	if len(o.paths) != 0 {
+		t.Fatalf("opened %q", o.paths)
+	}
+	res := o.take(t, r, Options{Root: root}, src)
+	for _, p := range []string{"/src/files/random-3m", "/src/tree/a/b/c/leaf"} {
+		if _, _, err := Resolve(r, res.Record.Root, p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	full := o.take(t, r, Options{Root: root, ForceRead: true}, src)
+	if full.Record.Root != res.Record.Root {
+		t.Fatal("the snapshot after the exclude was dropped differs from a full read")
+	}
 }

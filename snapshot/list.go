@@ -22,6 +22,9 @@ type listing struct {
 	name   string
 	class  selection.Class
 	dev    uint64 // the directory's device
+	// asCached: the directory's stat is as the cache recorded it, so its
+	// names are those of its record, if that is complete.
+	asCached bool
 
 	claimed atomic.Bool
 	done    chan struct{} // closed when filled (or the open failed)
@@ -55,6 +58,9 @@ type lister struct {
 	sel   *selection.Selection
 	cache *index.Cache // nil: no records
 	repo  inode
+	// trustListings: the cache was written with this selection and may be
+	// trusted; an unchanged directory is not read again.
+	trustListings bool
 
 	mu     sync.Mutex
 	cond   sync.Cond
@@ -157,22 +163,27 @@ func (ls *lister) fill(l *listing) {
 			return
 		}
 	}
-	if l.class == selection.Ancestor {
+	if ls.cache != nil && len(l.path) <= index.MaxCacheKey {
+		// A record that cannot be read is a miss: the directory is read.
+		if raw, err := ls.cache.Get([]byte(l.path)); err == nil && raw != nil {
+			l.rec, _ = decodeRecord(raw)
+		}
+	}
+	switch {
+	case l.class == selection.Ancestor:
 		l.names = ls.sel.Needed(l.path)
 		slices.Sort(l.names)
-	} else {
+	case l.asCached && l.rec != nil && l.rec.complete:
+		// Adding, removing or renaming an entry moves the directory's
+		// ctime: its names are as recorded.
+		l.names = l.rec.names()
+	default:
 		l.names, l.err = readNames(l.fd)
 	}
 	l.stats = make([]unix.Stat_t, len(l.names))
 	l.errs = make([]error, len(l.names))
 	for i, name := range l.names {
 		l.stats[i], l.errs[i] = fsmeta.Lstat(l.fd, name)
-	}
-	if ls.cache != nil && len(l.path) <= index.MaxCacheKey {
-		// A record that cannot be read is a miss: the directory is read.
-		if raw, err := ls.cache.Get([]byte(l.path)); err == nil && raw != nil {
-			l.rec, _ = decodeRecord(raw)
-		}
 	}
 	ls.queueSubdirs(l)
 }
@@ -181,6 +192,7 @@ func (ls *lister) fill(l *listing) {
 // will enter, and queues them for the listers.
 func (ls *lister) queueSubdirs(l *listing) {
 	var subs []*listing
+	pos := 0
 	for i, name := range l.names {
 		st := &l.stats[i]
 		if l.errs[i] != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR || isRepo(st, ls.repo) {
@@ -194,8 +206,13 @@ func (ls *lister) queueSubdirs(l *listing) {
 		if l.subs == nil {
 			l.subs = make([]*listing, len(l.names))
 		}
-		l.subs[i] = newListing(l, name, p, class, uint64(st.Dev))
-		subs = append(subs, l.subs[i])
+		sub := newListing(l, name, p, class, uint64(st.Dev))
+		if ls.trustListings {
+			ce := l.rec.find(name, &pos)
+			sub.asCached = ce != nil && ce.key.unchanged(st)
+		}
+		l.subs[i] = sub
+		subs = append(subs, sub)
 	}
 	if len(subs) == 0 {
 		return

@@ -111,7 +111,10 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		return nil, err
 	}
 	owners := fsmeta.NewOwners()
-	readCache, checkOwners := usableCache(repo.Index(), cache, opts.Root, owners)
+	meta := cacheMeta{root: opts.Root, owners: owners.Digest(), selection: selectionDigest(opts.Selection)}
+	readCache, prev := usableCache(repo.Index(), cache, meta.root)
+	checkOwners := prev.owners != meta.owners
+	sameSelection := prev.selection == meta.selection
 	repoIno := inode{uint64(repoSt.Dev), repoSt.Ino}
 
 	up := repo.NewUploader()
@@ -143,6 +146,7 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 
 	g.Go(func() error {
 		ls := newLister(opts.Selection, readCache, repoIno)
+		ls.trustListings = readCache != nil && sameSelection && !opts.ForceRead
 		var listers sync.WaitGroup
 		for range runtime.GOMAXPROCS(0) {
 			listers.Go(ls.run)
@@ -238,7 +242,7 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		return nil, err
 	}
 	keep := func(key []byte) bool { _, ok := fin.keep[string(key)]; return ok }
-	if err := cache.Commit(id, cacheMeta(opts.Root, owners.Digest()), keep); err != nil {
+	if err := cache.Commit(id, meta.encode(), keep); err != nil {
 		return nil, fmt.Errorf("snapshot %s is saved, but its change cache is not: %w", id.Short(), err)
 	}
 	return &Result{ID: id, Record: rec}, nil
@@ -274,23 +278,22 @@ func displayPath(p string) string {
 	return q
 }
 
-// usableCache returns the cache for reading if its records describe a
-// snapshot still in the repository, of the same root, else nil: then every
-// file is read. checkOwners is set when user or group names changed since:
-// then each cached node's names are compared with the current ones.
-func usableCache(idx *index.DB, c *index.Cache, root string, owners *fsmeta.Owners) (cache *index.Cache, checkOwners bool) {
-	snap, meta, ok := c.Previous()
+// usableCache returns the cache for reading, with the meta it was written
+// with, if its records describe a snapshot still in the repository, of the
+// same root; else nil: then every file is read.
+func usableCache(idx *index.DB, c *index.Cache, root string) (*index.Cache, cacheMeta) {
+	snap, raw, ok := c.Previous()
 	if !ok {
-		return nil, false
+		return nil, cacheMeta{}
 	}
-	prevRoot, prevOwners, ok := parseCacheMeta(meta)
-	if !ok || prevRoot != root {
-		return nil, false
+	meta, ok := parseCacheMeta(raw)
+	if !ok || meta.root != root {
+		return nil, cacheMeta{}
 	}
 	if _, ok, err := idx.SnapshotRecord(snap); err != nil || !ok {
-		return nil, false
+		return nil, cacheMeta{}
 	}
-	return c, prevOwners != owners.Digest()
+	return c, meta
 }
 
 // finisher saves the tree of each directory once its files are read, and
@@ -444,7 +447,11 @@ func (f *finisher) record(job *dirJob, id index.ID, encs [][]byte, kept int, sam
 	if len(job.path) > index.MaxCacheKey {
 		return nil
 	}
-	rewrite := !same
+	complete := job.complete
+	for i := range job.entries {
+		complete = complete && !job.entries[i].drop
+	}
+	rewrite := !same || complete != job.rec.complete
 	for i, j := 0, 0; !rewrite && i < len(job.entries); i++ {
 		if !job.entries[i].drop {
 			rewrite = job.entries[i].key != job.rec.entries[j].key
@@ -455,7 +462,7 @@ func (f *finisher) record(job *dirJob, id index.ID, encs [][]byte, kept int, sam
 	if !rewrite {
 		return nil
 	}
-	b := newRecord(id, kept)
+	b := newRecord(id, kept, complete)
 	for i := range job.entries {
 		if !job.entries[i].drop {
 			b.add(&job.entries[i].key, encs[i])

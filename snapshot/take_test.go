@@ -32,12 +32,14 @@ type warning struct{ path, err string }
 
 func takeWith(t *testing.T, r *chunkstore.Repo, opts Options, paths ...string) (*Result, []warning) {
 	t.Helper()
-	sel, err := selection.New(paths, nil, false)
-	if err != nil {
-		t.Fatal(err)
+	if opts.Selection == nil {
+		sel, err := selection.New(paths, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.Selection = sel
 	}
 	var warns []warning
-	opts.Selection = sel
 	opts.Set, opts.Host = "test", "test"
 	opts.Warn = func(p string, err error) { warns = append(warns, warning{p, err.Error()}) }
 	res, err := Take(context.Background(), r, opts)

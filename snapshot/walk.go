@@ -28,6 +28,7 @@ type dirJob struct {
 	links    []linkRef // hard links whose content comes from their first path
 	parent   *tree.Node
 	rec      *dirRecord // the cache's record of this directory, or nil
+	complete bool       // every name was listed and stat'ed (entries dropped later are checked apart)
 }
 
 // entry is one directory entry of a dirJob.
@@ -155,6 +156,7 @@ func (w *walker) walk(l *listing, job *dirJob) error {
 	}
 	job.path = l.path
 	job.rec = l.rec
+	job.complete = l.err == nil && l.class == selection.InScope && !slices.ContainsFunc(l.errs, func(err error) bool { return err != nil })
 	// Capacity fixed: pointers to entries stay valid.
 	job.entries = make([]entry, 0, len(l.names))
 	allIn := l.class == selection.InScope && !w.sel.HasExcludes()
