@@ -26,6 +26,7 @@ var layers = map[string][]string{
 	"snapshot":           {"index", "chunkstore", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta"},
 	"restore":            {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta"},
 	"cmd/understudy":     {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection", "restore"},
+	"bench/gentree":      {},
 }
 
 // TestLayers checks the module's import graph (tests included) against
