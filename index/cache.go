@@ -151,6 +151,9 @@ func (c *Cache) Put(recs []CacheRecord) error {
 			return err
 		}
 		rb := b.Bucket(bucketRecord)
+		// A snapshot writes records in nearly sorted order (post-order of
+		// the walk): fill pages rather than split them in half.
+		rb.FillPercent = 0.9
 		for _, r := range recs {
 			if len(r.Key) == 0 || len(r.Key) > MaxCacheKey {
 				return fmt.Errorf("index: cache key of %d bytes", len(r.Key))
