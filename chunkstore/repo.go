@@ -198,8 +198,10 @@ func newCodec(level string) (*codec, error) {
 		return nil, err
 	}
 	n := runtime.GOMAXPROCS(0)
+	// A 1 MiB window covers a whole data blob; the default (8 MiB) would
+	// only cost each encoder history memory.
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lvl), zstd.WithEncoderConcurrency(n),
-		zstd.WithEncoderCRC(false), zstd.WithLowerEncoderMem(true))
+		zstd.WithEncoderCRC(false), zstd.WithLowerEncoderMem(true), zstd.WithWindowSize(1<<20))
 	if err != nil {
 		return nil, err
 	}

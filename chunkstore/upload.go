@@ -1,7 +1,6 @@
 package chunkstore
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -24,16 +23,20 @@ import (
 type Uploader struct {
 	repo *Repo
 
-	mu      sync.Mutex // guards pending, data, tree
+	pmu     sync.Mutex // guards pending
 	pending map[index.ID]*pendingBlob
-	data    *packWriter
-	tree    *packWriter
+
+	mu   sync.Mutex // guards data, tree
+	data *packWriter
+	tree *packWriter
 
 	// Sealing jobs, in the order they must commit. qmu is taken after mu,
 	// never before it; the sealer takes mu only without qmu.
 	qmu     sync.Mutex
 	qcond   *sync.Cond
 	queue   []sealJob
+	seals   int // seal jobs in queue
+	writes  int // write jobs in queue
 	closed  bool
 	sealerr atomic.Pointer[error]
 	sealWG  sync.WaitGroup
@@ -51,15 +54,25 @@ type Uploader struct {
 // ready is closed once it has been appended to an open pack.
 type pendingBlob struct{ ready chan struct{} }
 
+// sealJob is the sealer's work, in order: bytes to append to an open
+// pack's file (data), or a pack to seal.
 type sealJob struct {
 	w     *packWriter
+	data  *[]byte // if not nil: append these bytes to w's file, nothing else
 	snaps []index.Snapshot
 	done  chan struct{} // closed after the job, if not nil
 }
 
 // sealQueue is how many sealed packs may wait for their fsync and commit
 // before Save blocks: back-pressure without holding anything in memory.
-const sealQueue = 4
+// writeQueue is how many writeChunk buffers of pack bytes may wait for the
+// sealer to write them: savers append to a buffer under the lock and the
+// file writes happen outside it, at most writeQueue buffers behind.
+const (
+	sealQueue  = 4
+	writeQueue = 4
+	writeChunk = 512 << 10
+)
 
 // NewUploader starts an uploader. The repository must be open exclusively.
 // Every uploader must end with Flush or Abort.
@@ -84,9 +97,9 @@ func (u *Uploader) failed() error {
 // Has reports whether the repository holds blob id or this uploader has
 // claimed it.
 func (u *Uploader) Has(id index.ID) (bool, error) {
-	u.mu.Lock()
+	u.pmu.Lock()
 	_, ok := u.pending[id]
-	u.mu.Unlock()
+	u.pmu.Unlock()
 	if ok {
 		return true, nil
 	}
@@ -127,9 +140,9 @@ func (u *Uploader) Save(ctx context.Context, t index.BlobType, id index.ID, raw 
 // caller claimed it, or a new pending entry with a nil ready channel if this
 // caller must add it.
 func (u *Uploader) claim(id index.ID) (*pendingBlob, error) {
-	u.mu.Lock()
+	u.pmu.Lock()
 	p := u.pending[id]
-	u.mu.Unlock()
+	u.pmu.Unlock()
 	if p != nil {
 		return p, nil
 	}
@@ -137,8 +150,8 @@ func (u *Uploader) claim(id index.ID) (*pendingBlob, error) {
 	if err != nil || ok {
 		return nil, err
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
+	u.pmu.Lock()
+	defer u.pmu.Unlock()
 	if p := u.pending[id]; p != nil {
 		return p, nil
 	}
@@ -157,8 +170,10 @@ func (u *Uploader) add(t index.BlobType, id index.ID, raw []byte) error {
 	}
 	u.mu.Lock()
 	err := u.appendLocked(t, id, stored, comp, uint32(len(raw)))
-	p := u.pending[id]
 	u.mu.Unlock()
+	u.pmu.Lock()
+	p := u.pending[id]
+	u.pmu.Unlock()
 	u.bufs.Put(bp)
 	close(p.ready)
 	if err != nil {
@@ -187,8 +202,9 @@ func (u *Uploader) appendLocked(t index.BlobType, id index.ID, stored []byte, co
 		}
 		*w = pw
 	}
-	if err := (*w).add(PackEntry{ID: id, Type: t, Compression: comp, Length: uint32(len(stored)), RawLength: rawLen}, stored); err != nil {
-		return err
+	(*w).add(PackEntry{ID: id, Type: t, Compression: comp, Length: uint32(len(stored)), RawLength: rawLen}, stored)
+	if len(*(*w).buf) >= writeChunk {
+		u.queueWrite(*w)
 	}
 	if (*w).size < PackSize {
 		return nil
@@ -209,17 +225,40 @@ func (u *Uploader) sealLocked(w **packWriter, snaps []index.Snapshot, done chan 
 	}
 	u.qmu.Lock()
 	u.queue = append(u.queue, job)
+	u.seals++
 	u.qcond.Broadcast()
 	u.qmu.Unlock()
 }
 
-// backpressure waits while more than sealQueue packs wait for the sealer.
+// queueWrite hands w's buffered bytes to the sealer to write. u.mu is held.
+func (u *Uploader) queueWrite(w *packWriter) {
+	job := sealJob{w: w, data: w.buf}
+	w.buf = getWriteBuf()
+	u.qmu.Lock()
+	u.queue = append(u.queue, job)
+	u.writes++
+	u.qcond.Broadcast()
+	u.qmu.Unlock()
+}
+
+// backpressure waits while more than sealQueue packs or writeQueue buffers
+// wait for the sealer.
 func (u *Uploader) backpressure() {
 	u.qmu.Lock()
-	for len(u.queue) > sealQueue {
+	for u.seals > sealQueue || u.writes > writeQueue {
 		u.qcond.Wait()
 	}
 	u.qmu.Unlock()
+}
+
+// writeBufs hold pack bytes on their way to the sealer: room for writeChunk
+// and one more default-sized chunk; append grows them for larger blobs.
+var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, writeChunk+1<<20); return &b }}
+
+func getWriteBuf() *[]byte {
+	b := writeBufs.Get().(*[]byte)
+	*b = (*b)[:0]
+	return b
 }
 
 func (u *Uploader) next() (sealJob, bool) {
@@ -233,6 +272,11 @@ func (u *Uploader) next() (sealJob, bool) {
 	}
 	job := u.queue[0]
 	u.queue = u.queue[1:]
+	if job.data != nil {
+		u.writes--
+	} else {
+		u.seals--
+	}
 	u.qcond.Broadcast()
 	return job, true
 }
@@ -243,6 +287,15 @@ func (u *Uploader) sealer() {
 		job, ok := u.next()
 		if !ok {
 			return
+		}
+		if job.data != nil {
+			if u.failed() == nil {
+				if err := job.w.write(*job.data); err != nil {
+					u.setErr(err)
+				}
+			}
+			writeBufs.Put(job.data)
+			continue
 		}
 		if u.failed() == nil {
 			if err := u.seal(job); err != nil {
@@ -273,11 +326,11 @@ func (u *Uploader) seal(job sealJob) error {
 		return fmt.Errorf("index pack %s: %w", pack.ID.Short(), err)
 	}
 	u.PacksSealed.Add(1)
-	u.mu.Lock()
+	u.pmu.Lock()
 	for _, b := range blobs {
 		delete(u.pending, b.ID)
 	}
-	u.mu.Unlock()
+	u.pmu.Unlock()
 	return nil
 }
 
@@ -326,7 +379,7 @@ type packWriter struct {
 	dir     string // repository
 	typ     index.BlobType
 	f       *os.File
-	buf     *bufio.Writer
+	buf     *[]byte // bytes not yet handed to the sealer
 	hash    hash.Hash
 	size    int64
 	entries []PackEntry
@@ -344,33 +397,26 @@ func newPackWriter(repoDir string, t index.BlobType) (*packWriter, error) {
 	if t == index.SnapshotBlob {
 		w.typ = index.TreeBlob
 	}
-	w.buf = bufio.NewWriterSize(hashWriter{f, w.hash}, 1<<20)
-	if _, err := w.buf.Write(packHeader()); err != nil {
-		w.discard()
-		return nil, fmt.Errorf("write pack %s: %w", name, err)
-	}
+	w.buf = getWriteBuf()
+	*w.buf = append(*w.buf, packHeader()...)
 	w.size = packHeaderSize
 	return w, nil
 }
 
-type hashWriter struct {
-	f *os.File
-	h hash.Hash
-}
-
-func (w hashWriter) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	w.h.Write(p[:n])
-	return n, err
-}
-
-func (w *packWriter) add(e PackEntry, stored []byte) error {
+// add appends a blob to the pack's buffer.
+func (w *packWriter) add(e PackEntry, stored []byte) {
 	e.Offset = uint32(w.size)
-	if _, err := w.buf.Write(stored); err != nil {
-		return fmt.Errorf("write pack %s: %w", w.f.Name(), err)
-	}
+	*w.buf = append(*w.buf, stored...)
 	w.size += int64(len(stored))
 	w.entries = append(w.entries, e)
+}
+
+// write appends p to the pack's file and hash; only the sealer calls it.
+func (w *packWriter) write(p []byte) error {
+	if _, err := w.f.Write(p); err != nil {
+		return fmt.Errorf("write pack %s: %w", w.f.Name(), err)
+	}
+	w.hash.Write(p)
 	return nil
 }
 
@@ -383,10 +429,11 @@ func (w *packWriter) finish() (index.Pack, []index.Blob, error) {
 		return index.Pack{}, nil, fmt.Errorf("seal pack %s: %w", tmp, err)
 	}
 	trailer := appendTrailer(nil, w.entries)
-	if _, err := w.buf.Write(trailer); err != nil {
-		return fail(err)
-	}
-	if err := w.buf.Flush(); err != nil {
+	*w.buf = append(*w.buf, trailer...)
+	err := w.write(*w.buf)
+	writeBufs.Put(w.buf)
+	w.buf = nil
+	if err != nil {
 		return fail(err)
 	}
 	if err := w.f.Sync(); err != nil {

@@ -305,7 +305,7 @@ func (b *recordBuilder) add(k *statKey, node []byte) {
 }
 
 // Cache writes are batched: one transaction per cacheBatch bytes of records.
-const cacheBatch = 4 << 20
+const cacheBatch = 1 << 20
 
 // cacheWriter stores new records in batches while the snapshot runs.
 func cacheWriter(ctx context.Context, c *index.Cache, recs <-chan index.CacheRecord) error {

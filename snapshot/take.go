@@ -21,11 +21,11 @@ import (
 
 // Queue bounds of the pipeline (see the package doc). With the default 1 MiB
 // maximum chunk, chunk buffers in flight are at most
-// (saveQueue + savers + readers) × 1 MiB ≈ 20 MiB on two cores.
+// (saveQueue + savers + readers) × 1 MiB = 8 MiB on two cores.
 const (
-	fileQueue = 256
-	saveQueue = 8
-	dirQueue  = 256
+	fileQueue = 64
+	saveQueue = 4
+	dirQueue  = 64
 )
 
 // Options say what to snapshot and how.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
 	"strings"
@@ -57,6 +58,7 @@ type globals struct {
 	verbose     bool
 	cpuProfile  string
 	traceFile   string
+	memProfile  string
 	stopProfile func()
 	stdout      io.Writer
 	stderr      io.Writer
@@ -121,6 +123,8 @@ or rolls back any of them.`,
 	pf.MarkHidden("cpuprofile")
 	pf.StringVar(&g.traceFile, "trace", "", "write an execution trace of the command to `FILE` (for bench/)")
 	pf.MarkHidden("trace")
+	pf.StringVar(&g.memProfile, "memprofile", "", "write a heap profile, sampled every 64 KiB, at the end of the command to `FILE` (for bench/)")
+	pf.MarkHidden("memprofile")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
 		switch {
 		case g.cpuProfile != "":
@@ -130,6 +134,14 @@ or rolls back any of them.`,
 			}
 			g.stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
 			return pprof.StartCPUProfile(f)
+		case g.memProfile != "":
+			runtime.MemProfileRate = 64 << 10
+			g.stopProfile = func() {
+				if f, err := os.Create(g.memProfile); err == nil {
+					pprof.Lookup("allocs").WriteTo(f, 0)
+					f.Close()
+				}
+			}
 		case g.traceFile != "":
 			f, err := os.Create(g.traceFile)
 			if err != nil {
