@@ -155,7 +155,7 @@ func (r *reader) chunkRange(fj *fileJob, rd io.Reader, length int64, content []t
 		if n == 0 {
 			return content, 0, nil
 		}
-		ext, err := r.chunk(fj, r.small[:n])
+		ext, _, err := r.chunk(fj, r.small[:n], nil)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -168,7 +168,7 @@ func (r *reader) chunkRange(fj *fileJob, rd io.Reader, length int64, content []t
 	}
 	r.chk.SetAverageBits(r.cfg.ChunkAvgBits)
 	buf := r.bufs.Get().(*[]byte)
-	defer r.bufs.Put(buf)
+	defer func() { r.bufs.Put(buf) }()
 	for {
 		c, err := r.chk.Next(*buf)
 		if err == io.EOF {
@@ -177,9 +177,12 @@ func (r *reader) chunkRange(fj *fileJob, rd io.Reader, length int64, content []t
 		if err != nil {
 			return nil, 0, err
 		}
-		ext, err := r.chunk(fj, c.Data)
+		ext, taken, err := r.chunk(fj, c.Data, buf)
 		if err != nil {
 			return nil, 0, err
+		}
+		if taken { // the saver has the buffer now
+			buf = r.bufs.Get().(*[]byte)
 		}
 		content = append(content, ext)
 		total += int64(c.Length)
@@ -187,28 +190,34 @@ func (r *reader) chunkRange(fj *fileJob, rd io.Reader, length int64, content []t
 }
 
 // chunk hashes one chunk and queues it for saving unless the repository
-// already has it. data is not retained.
-func (r *reader) chunk(fj *fileJob, data []byte) (tree.Extent, error) {
+// already has it. data is not retained, unless it lies in owned (a pooled
+// buffer): then owned is handed to the saver, and taken is true.
+func (r *reader) chunk(fj *fileJob, data []byte, owned *[]byte) (ext tree.Extent, taken bool, err error) {
 	id := index.Hash(data)
 	r.stats.bytesRead.Add(int64(len(data)))
-	ext := tree.Extent{Blob: id, Length: uint64(len(data))}
+	ext = tree.Extent{Blob: id, Length: uint64(len(data))}
 	have, err := r.up.Has(id)
 	if err != nil {
-		return ext, &fatalError{err}
+		return ext, false, &fatalError{err}
 	}
 	if have {
-		return ext, nil
+		return ext, false, nil
 	}
-	buf := r.bufs.Get().(*[]byte)
-	n := copy(*buf, data)
+	buf, n := owned, len(data)
+	if owned == nil || len(*owned) == 0 || &(*owned)[0] != &data[0] {
+		buf = r.bufs.Get().(*[]byte)
+		n = copy(*buf, data)
+	}
 	fj.outstanding.Add(1)
 	select {
 	case r.saves <- &saveJob{file: fj, id: id, buf: buf, n: n}:
-		return ext, nil
+		return ext, buf == owned, nil
 	case <-r.ctx.Done():
 		fj.outstanding.Add(-1)
-		r.bufs.Put(buf)
-		return ext, r.ctx.Err()
+		if buf != owned {
+			r.bufs.Put(buf)
+		}
+		return ext, false, r.ctx.Err()
 	}
 }
 
