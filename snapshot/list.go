@@ -238,6 +238,7 @@ func (ls *lister) release(l *listing) {
 	}
 	if l.fd >= 0 {
 		unix.Close(l.fd)
+		l.fd = -1
 	}
 	if l.slot {
 		l.slot = false

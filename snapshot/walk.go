@@ -167,9 +167,6 @@ func (w *walker) walk(l *listing, job *dirJob) error {
 			sub, l.subs[i] = l.subs[i], nil
 		}
 		if err := w.entry(l, i, sub, &pos, allIn, job); err != nil {
-			if sub != nil {
-				w.ls.release(sub)
-			}
 			return err
 		}
 	}
