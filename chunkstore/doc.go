@@ -19,7 +19,7 @@
 //
 //	claim blob ID (skip if indexed or already pending)
 //	compress, append to the open pack of its kind (a temporary file)
-//	when a pack reaches PackSize: seal it in the background:
+//	when a pack reaches PackSize or PackMaxBlobs: seal it in the background:
 //	    write trailer, fsync, rename to packs/xx/<id>, fsync the directory,
 //	    then commit its blob locations to the index in one transaction
 //	before a tree pack is sealed, the open data pack is sealed first; seals

@@ -44,6 +44,11 @@ const (
 // PackSize is the size at which a pack is sealed.
 const PackSize = 16 << 20
 
+// PackMaxBlobs seals a pack of many small blobs before PackSize: each blob
+// is a random key in the index, and the transaction that indexes a pack
+// rewrites (and holds in memory) about one bbolt page per blob.
+const PackMaxBlobs = 2048
+
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 // ErrPackCorrupt is wrapped by pack decoding errors.

@@ -206,7 +206,7 @@ func (u *Uploader) appendLocked(t index.BlobType, id index.ID, stored []byte, co
 	if len(*(*w).buf) >= writeChunk {
 		u.queueWrite(*w)
 	}
-	if (*w).size < PackSize {
+	if (*w).size < PackSize && len((*w).entries) < PackMaxBlobs {
 		return nil
 	}
 	if t != index.DataBlob {
@@ -326,6 +326,11 @@ func (u *Uploader) seal(job sealJob) error {
 		return fmt.Errorf("index pack %s: %w", pack.ID.Short(), err)
 	}
 	u.PacksSealed.Add(1)
+	// The index's pages stay in the page cache; this process need not keep
+	// them mapped in (random blob IDs touch most of them).
+	if err := u.repo.idx.ReleaseMapped(); err != nil {
+		return fmt.Errorf("index pack %s: %w", pack.ID.Short(), err)
+	}
 	u.pmu.Lock()
 	for _, b := range blobs {
 		delete(u.pending, b.ID)

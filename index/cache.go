@@ -175,22 +175,16 @@ func (c *Cache) Put(recs []CacheRecord) error {
 // whose key keep returns false: call it after snapshot snap is indexed. meta
 // is returned by Previous on the next attempt.
 func (c *Cache) Commit(snap ID, meta []byte, keep func(key []byte) bool) error {
+	drop, err := c.unkept(keep)
+	if err != nil {
+		return err
+	}
 	return c.db.bolt.Update(func(tx *bolt.Tx) error {
 		b, err := cacheBucket(tx, c.set, true)
 		if err != nil {
 			return err
 		}
 		rb := b.Bucket(bucketRecord)
-		var drop [][]byte
-		err = rb.ForEach(func(k, _ []byte) error {
-			if !keep(k) {
-				drop = append(drop, bytes.Clone(k))
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
 		for _, k := range drop {
 			if err := rb.Delete(k); err != nil {
 				return err
@@ -198,4 +192,49 @@ func (c *Cache) Commit(snap ID, meta []byte, keep func(key []byte) bool) error {
 		}
 		return b.Put(keyState, c.state(c.attempt, snap, meta))
 	})
+}
+
+// unkept returns the keys for which keep is false. It reads the records in
+// batches, releasing the index's mapped pages after each, so that a large
+// cache is not all resident at once. (Deleting a record early is always
+// safe: a missing record is a miss.)
+func (c *Cache) unkept(keep func(key []byte) bool) ([][]byte, error) {
+	const batch = 4096
+	var drop [][]byte
+	var after []byte
+	for {
+		done := true
+		err := c.db.bolt.View(func(tx *bolt.Tx) error {
+			b, err := cacheBucket(tx, c.set, false)
+			if err != nil || b == nil {
+				return err
+			}
+			cur := b.Bucket(bucketRecord).Cursor()
+			k, _ := cur.First()
+			if after != nil {
+				if k, _ = cur.Seek(after); bytes.Equal(k, after) {
+					k, _ = cur.Next()
+				}
+			}
+			for n := 0; k != nil; k, _ = cur.Next() {
+				if !keep(k) {
+					drop = append(drop, bytes.Clone(k))
+				}
+				if n++; n == batch {
+					after, done = bytes.Clone(k), false
+					break
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := c.db.ReleaseMapped(); err != nil {
+			return nil, err
+		}
+		if done {
+			return drop, nil
+		}
+	}
 }

@@ -2,6 +2,7 @@ package index
 
 import (
 	"bytes"
+	"fmt"
 	"path/filepath"
 	"testing"
 )
@@ -85,5 +86,30 @@ func TestCacheStamps(t *testing.T) {
 	other, _ := db.OpenCache("accounts")
 	if v := get(t, other, "/b"); v != nil {
 		t.Fatalf("record of another set: %q", v)
+	}
+}
+
+// Commit finds the records to delete in batches: more records than a batch,
+// every other one kept.
+func TestCacheCommitDropsAcrossBatches(t *testing.T) {
+	db := openTestDB(t)
+	c, _ := db.OpenCache("big")
+	var recs []CacheRecord
+	for i := range 10000 {
+		recs = append(recs, CacheRecord{Key: fmt.Appendf(nil, "/d%05d", i), Value: []byte{byte(i)}})
+	}
+	if err := c.Put(recs); err != nil {
+		t.Fatal(err)
+	}
+	even := func(k []byte) bool { return (k[len(k)-1]-'0')%2 == 0 }
+	if err := c.Commit(Hash([]byte("s")), nil, even); err != nil {
+		t.Fatal(err)
+	}
+	c2, _ := db.OpenCache("big")
+	for i, r := range recs {
+		v := get(t, c2, string(r.Key))
+		if (v != nil) != (i%2 == 0) {
+			t.Fatalf("%s: record %q after commit", r.Key, v)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 )
 
 // Format is the version of the index layout, stored in the meta bucket.
@@ -101,6 +102,25 @@ func (db *DB) Path() string { return db.path }
 // Bolt gives packages that own further buckets (standby state, the change
 // cache) access to the database. They must follow the write discipline above.
 func (db *DB) Bolt() *bolt.DB { return db.bolt }
+
+// ReleaseMapped drops the index file's pages from this process's resident
+// set: bbolt reads through a shared read-only mapping, and the random keys
+// of blob IDs touch most pages of a large index. The pages stay in the page
+// cache and fault back in when read. The read transaction keeps bbolt from
+// remapping the file meanwhile.
+func (db *DB) ReleaseMapped() error {
+	return db.bolt.View(func(tx *bolt.Tx) error {
+		data, size := db.bolt.Info().Data, uintptr(tx.Size())
+		if data == 0 || size == 0 {
+			return nil
+		}
+		_, _, errno := unix.Syscall(unix.SYS_MADVISE, data, size, unix.MADV_DONTNEED)
+		if errno != 0 {
+			return fmt.Errorf("madvise index %s: %w", db.path, errno)
+		}
+		return nil
+	})
+}
 
 // Check runs bbolt's own consistency check of the file's pages.
 func (db *DB) Check() error {

@@ -44,10 +44,15 @@ func newListing(parent *listing, name, p string, class selection.Class, dev uint
 	return &listing{path: p, parent: parent, name: name, class: class, dev: dev, fd: -1, done: make(chan struct{})}
 }
 
-// maxAhead bounds the directories filled ahead of the walker, each with an
-// open descriptor and its names and stats: at most maxAhead times the widest
-// directory, besides the directories on the walker's own stack.
-const maxAhead = 64
+// maxAhead and maxAheadEntries bound the directories filled ahead of the
+// walker, each with an open descriptor and its names and stats (about 200
+// bytes an entry): at most maxAhead directories, and no new one once they
+// hold maxAheadEntries entries, so at most 16384 entries and one more
+// directory; besides that, the directories on the walker's own stack.
+const (
+	maxAhead        = 64
+	maxAheadEntries = 16384
+)
 
 // lister lists directories: the walker's own, and on other goroutines
 // those it will enter next. Filling a directory makes a listing for each
@@ -62,11 +67,12 @@ type lister struct {
 	// trusted; an unchanged directory is not read again.
 	trustListings bool
 
-	mu     sync.Mutex
-	cond   sync.Cond
-	queue  walkOrder
-	ahead  int // listings filled by listers and not yet obtained
-	closed bool
+	mu           sync.Mutex
+	cond         sync.Cond
+	queue        walkOrder
+	ahead        int // listings filled by listers and not yet obtained
+	aheadEntries int // their entries
+	closed       bool
 }
 
 func newLister(sel *selection.Selection, cache *index.Cache, repo inode) *lister {
@@ -112,7 +118,7 @@ func beforeInWalk(a, b string) bool {
 func (ls *lister) run() {
 	for {
 		ls.mu.Lock()
-		for (len(ls.queue) == 0 || ls.ahead >= maxAhead) && !ls.closed {
+		for (len(ls.queue) == 0 || ls.ahead >= maxAhead || ls.aheadEntries >= maxAheadEntries) && !ls.closed {
 			ls.cond.Wait()
 		}
 		if ls.closed {
@@ -128,6 +134,9 @@ func (ls *lister) run() {
 		ls.ahead++
 		ls.mu.Unlock()
 		ls.fill(l)
+		ls.mu.Lock()
+		ls.aheadEntries += len(l.names)
+		ls.mu.Unlock()
 	}
 }
 
@@ -146,13 +155,21 @@ func (ls *lister) open(l *listing) {
 		return
 	}
 	<-l.done
-	if l.slot { // no longer ahead of the walker
-		l.slot = false
-		ls.mu.Lock()
-		ls.ahead--
-		ls.cond.Broadcast()
-		ls.mu.Unlock()
+	ls.behind(l)
+}
+
+// behind takes a listing filled ahead out of the count, once the walker has
+// it (or it is released).
+func (ls *lister) behind(l *listing) {
+	if !l.slot {
+		return
 	}
+	l.slot = false
+	ls.mu.Lock()
+	ls.ahead--
+	ls.aheadEntries -= len(l.names)
+	ls.cond.Broadcast()
+	ls.mu.Unlock()
 }
 
 func (ls *lister) fill(l *listing) {
@@ -240,11 +257,5 @@ func (ls *lister) release(l *listing) {
 		unix.Close(l.fd)
 		l.fd = -1
 	}
-	if l.slot {
-		l.slot = false
-		ls.mu.Lock()
-		ls.ahead--
-		ls.cond.Broadcast()
-		ls.mu.Unlock()
-	}
+	ls.behind(l)
 }
