@@ -162,6 +162,8 @@ or rolls back any of them.`,
 		newRestoreCmd(g),
 		newCheckCmd(g),
 		newRepairCmd(g),
+		newServeCmd(g),
+		newPushCmd(g),
 	)
 	return root
 }

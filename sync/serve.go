@@ -1,0 +1,378 @@
+package sync
+
+import (
+	"bufio"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	stdsync "sync"
+	"syscall"
+
+	"github.com/understudy/understudy/chunkstore"
+	"github.com/understudy/understudy/index"
+	"github.com/understudy/understudy/snapshot"
+	"github.com/understudy/understudy/snapshot/tree"
+)
+
+// ServeOptions configure Serve.
+type ServeOptions struct {
+	// AppendOnly refuses every request that would delete anything from the
+	// repository. No request of this protocol version deletes; the flag is
+	// announced to the client so that it knows before it asks.
+	AppendOnly bool
+	// Program is understudy's version, told to the client.
+	Program string
+	// Log receives one line per committed snapshot and per failure.
+	Log *slog.Logger
+}
+
+// Serve speaks the replication protocol as the standby on r and w (stdin and
+// stdout of `understudy serve`) until the client ends the session. open is
+// called after a valid hello, so that a client always learns in-protocol why
+// the repository could not be opened (locked, missing); the repository must
+// be opened exclusively and is closed by the caller.
+//
+// Whatever ends the session, the blobs received and verified so far are
+// sealed and committed before Serve returns, so that a resumed push does
+// not send them again; a snapshot record is committed only on request, after
+// the tree it names.
+func Serve(ctx context.Context, open func() (*chunkstore.Repo, error), r io.Reader, w io.Writer, opts ServeOptions) (err error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &server{fr: frameReader{r: r}, bw: bufio.NewWriterSize(w, 64<<10), opts: opts}
+	defer func() {
+		if err != nil && !errors.Is(err, errPeerGone) && s.sendError(err) == nil {
+			err = &ToldError{Err: err}
+		}
+	}()
+	t, p, err := s.fr.next(nil)
+	if err != nil {
+		return fmt.Errorf("read hello: %w", err)
+	}
+	if t != fHello {
+		return fmt.Errorf("%w: first frame has type 0x%02x, not hello", ErrFrame, t)
+	}
+	h, err := decodeHello(p)
+	if err != nil {
+		return err
+	}
+	if h.Version != ProtocolVersion {
+		return &RemoteError{Code: codeVersion, Text: fmt.Sprintf("the standby speaks replication protocol version %d, the client %d: install the same understudy release on both hosts", ProtocolVersion, h.Version)}
+	}
+	repo, err := open()
+	if err != nil {
+		return &RemoteError{Code: codeNoRepo, Text: err.Error()}
+	}
+	s.repo = repo
+	welcome := Welcome{Version: ProtocolVersion, Caps: capNone, Polynomial: uint64(repo.Config().Polynomial), Program: opts.Program}
+	if id, err := hex.DecodeString(repo.Config().ID); err == nil && len(id) == 32 {
+		copy(welcome.RepoID[:], id)
+	}
+	if opts.AppendOnly {
+		welcome.Flags |= flagAppendOnly
+	}
+	if err := s.send(fWelcome, welcome.encode()); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.ctx = ctx
+	s.up = repo.NewUploader()
+	s.startVerifiers(cancel)
+	defer func() {
+		// Commit what arrived, whatever ended the session.
+		close(s.jobs)
+		s.verifiers.Wait()
+		if _, ferr := s.up.Flush(nil); ferr != nil && err == nil {
+			err = ferr
+		}
+		s.up.Close()
+		if err == nil {
+			err = s.failed()
+		}
+	}()
+	return s.loop()
+}
+
+// errPeerGone marks the end of a session by the client closing it.
+var errPeerGone = errors.New("client went away")
+
+type server struct {
+	ctx  context.Context
+	fr   frameReader
+	bw   *bufio.Writer
+	opts ServeOptions
+	repo *chunkstore.Repo
+	up   *chunkstore.Uploader
+
+	jobs      chan blobJob
+	verifiers stdsync.WaitGroup // the verifier goroutines
+	inflight  stdsync.WaitGroup // data blobs handed to them, not yet saved
+	errMu     stdsync.Mutex
+	err       error
+	verified  uint64 // guarded by errMu
+}
+
+type blobJob struct {
+	buf *[]byte
+	sb  chunkstore.StoredBlob
+}
+
+var frameBufs = stdsync.Pool{New: func() any { b := make([]byte, 0, 1<<20+maxBlobHeader); return &b }}
+
+func (s *server) startVerifiers(cancel context.CancelCauseFunc) {
+	n := runtime.GOMAXPROCS(0)
+	s.jobs = make(chan blobJob, 2*n)
+	for range n {
+		s.verifiers.Add(1)
+		go func() {
+			defer s.verifiers.Done()
+			var scratch []byte
+			for job := range s.jobs {
+				if s.failed() == nil {
+					raw, err := s.repo.VerifyStored(job.sb, scratch)
+					if err == nil {
+						_, err = s.up.SaveStored(s.ctx, job.sb)
+					}
+					if job.sb.Compression != index.Raw {
+						scratch = raw // a raw blob's content is the frame buffer itself
+					}
+					s.note(err, cancel)
+				}
+				frameBufs.Put(job.buf)
+				s.inflight.Done()
+			}
+		}()
+	}
+}
+
+// note records the first error of a verifier, or counts a verified blob.
+func (s *server) note(err error, cancel context.CancelCauseFunc) {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	if err == nil {
+		s.verified++
+		return
+	}
+	if s.err == nil {
+		s.err = err
+		cancel(err)
+	}
+}
+
+func (s *server) failed() error {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.err
+}
+
+// barrier waits until every data blob received so far is saved (or failed).
+func (s *server) barrier() error {
+	s.inflight.Wait()
+	return s.failed()
+}
+
+func (s *server) loop() error {
+	for {
+		if err := s.failed(); err != nil {
+			return err
+		}
+		bp := frameBufs.Get().(*[]byte)
+		t, p, err := s.fr.next(*bp)
+		if err != nil {
+			frameBufs.Put(bp)
+			if err == io.EOF {
+				return s.barrier()
+			}
+			if errors.Is(err, ErrFrame) {
+				return err
+			}
+			return fmt.Errorf("%w: %w", errPeerGone, err)
+		}
+		*bp = p
+		if t == fBlob {
+			sb, err := decodeBlob(p)
+			if err != nil {
+				frameBufs.Put(bp)
+				return err
+			}
+			if sb.Type == index.DataBlob {
+				s.inflight.Add(1)
+				select {
+				case s.jobs <- blobJob{buf: bp, sb: sb}:
+				case <-s.ctx.Done():
+					s.inflight.Done()
+					frameBufs.Put(bp)
+					return context.Cause(s.ctx)
+				}
+				continue
+			}
+			err = s.saveTree(sb)
+			frameBufs.Put(bp)
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		err = s.handle(t, p)
+		frameBufs.Put(bp)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func (s *server) handle(t byte, p []byte) error {
+	switch t {
+	case fHave:
+		ids, err := decodeHave(p)
+		if err != nil {
+			return err
+		}
+		if err := s.barrier(); err != nil {
+			return err
+		}
+		held := make([]bool, len(ids))
+		for i, id := range ids {
+			if held[i], err = s.up.Has(id); err != nil {
+				return err
+			}
+		}
+		return s.send(fHaveReply, encodeHaveReply(held))
+	case fCommit:
+		id, record, err := decodeCommit(p)
+		if err != nil {
+			return err
+		}
+		if err := s.barrier(); err != nil {
+			return err
+		}
+		return s.commit(id, record)
+	case fError:
+		re, err := decodeError(p)
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: the client stopped: %s", errPeerGone, re.Text)
+	}
+	return fmt.Errorf("%w: unexpected frame of type 0x%02x from the client", ErrFrame, t)
+}
+
+// saveTree verifies a tree blob and checks that every blob it names is
+// already held, so that the index never holds a tree without what it names
+// (the closure rule the client's walk relies on).
+func (s *server) saveTree(sb chunkstore.StoredBlob) error {
+	if err := s.barrier(); err != nil {
+		return err
+	}
+	raw, err := s.repo.VerifyStored(sb, nil)
+	if err != nil {
+		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("received tree: %v", err)}
+	}
+	t, err := tree.Decode(raw)
+	if err != nil {
+		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("received tree %s: %v", sb.ID.Short(), err)}
+	}
+	for i := range t.Nodes {
+		n := &t.Nodes[i]
+		if n.Type == tree.Dir {
+			if err := s.requireHeld(sb.ID, n.Name, n.Subtree); err != nil {
+				return err
+			}
+			continue
+		}
+		for _, e := range n.Content {
+			if !e.IsHole() {
+				if err := s.requireHeld(sb.ID, n.Name, e.Blob); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	_, err = s.up.SaveStored(s.ctx, sb)
+	s.note(err, func(error) {})
+	return err
+}
+
+func (s *server) requireHeld(treeID index.ID, name string, id index.ID) error {
+	ok, err := s.up.Has(id)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("received tree %s names blob %s (entry %q) before sending it", treeID.Short(), id.Short(), name)}
+	}
+	return nil
+}
+
+// commit stores a snapshot record once its root tree is held.
+func (s *server) commit(id index.ID, record []byte) error {
+	rec, err := snapshot.DecodeRecord(record)
+	if err != nil {
+		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("snapshot %s: %v", id.Short(), err)}
+	}
+	if err := s.requireHeld(id, "/", rec.Root); err != nil {
+		return err
+	}
+	if _, ok, err := s.repo.Index().SnapshotRecord(id); err != nil {
+		return err
+	} else if !ok {
+		got, err := s.up.Flush(record)
+		if err != nil {
+			return err
+		}
+		if got != id {
+			return fmt.Errorf("snapshot record stored as %s, expected %s", got.Short(), id.Short())
+		}
+		s.opts.Log.Info("snapshot received", "snapshot", id.Short(), "set", rec.Set, "host", rec.Host, "time", rec.Time)
+	}
+	s.errMu.Lock()
+	verified := s.verified
+	s.errMu.Unlock()
+	c := Committed{
+		Snapshot:    id,
+		BlobsAdded:  uint64(s.up.BlobsAdded.Load()),
+		BytesAdded:  uint64(s.up.BytesAdded.Load()),
+		PacksSealed: uint64(s.up.PacksSealed.Load()),
+		Verified:    verified,
+	}
+	return s.send(fCommitted, c.encode())
+}
+
+func (s *server) send(t byte, p []byte) error {
+	if err := writeFrame(s.bw, t, p); err != nil {
+		return fmt.Errorf("%w: %w", errPeerGone, err)
+	}
+	if err := s.bw.Flush(); err != nil {
+		return fmt.Errorf("%w: %w", errPeerGone, err)
+	}
+	return nil
+}
+
+// ToldError is an error that ended a session and was reported to the client
+// in the protocol, so that it need not be shown again.
+type ToldError struct{ Err error }
+
+func (e *ToldError) Error() string { return e.Err.Error() }
+func (e *ToldError) Unwrap() error { return e.Err }
+
+// sendError tells the client why the session ends.
+func (s *server) sendError(err error) error {
+	code := codeFailed
+	var re *RemoteError
+	switch {
+	case errors.As(err, &re):
+		code = re.Code
+	case errors.Is(err, ErrFrame):
+		code = codeBadInput
+	case errors.Is(err, syscall.ENOSPC):
+		code = codeNoSpace
+	}
+	return s.send(fError, encodeError(code, "standby: "+err.Error()))
+}
