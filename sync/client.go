@@ -9,6 +9,8 @@ import (
 	stdsync "sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // Conn is a byte stream to a running `understudy serve`: a child process on
@@ -27,6 +29,10 @@ type Conn interface {
 
 // Session is an open replication session with one standby.
 type Session struct {
+	// NoDelta sends every data blob as stored, never as a delta against
+	// its predecessor (to measure what deltas save).
+	NoDelta bool
+
 	conn    Conn
 	bw      *bufio.Writer
 	out     countingWriter
@@ -37,8 +43,12 @@ type Session struct {
 	replies chan reply // frames from serve, read by readLoop
 	rerr    atomic.Pointer[error]
 	done    chan struct{} // closed when readLoop returns
-	quit    chan struct{} // closed when the session is torn down
-	qonce   stdsync.Once
+
+	// Delta encoding: one encoder, and buffers reused between blobs.
+	enc                       *zstd.Encoder
+	rawBuf, baseBuf, deltaBuf []byte
+	quit                      chan struct{} // closed when the session is torn down
+	qonce                     stdsync.Once
 }
 
 type reply struct {
@@ -78,7 +88,7 @@ func NewSession(ctx context.Context, conn Conn) (*Session, error) {
 	go s.readLoop()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	if err := s.send(fHello, hello{Version: ProtocolVersion, Caps: capNone}.encode()); err != nil {
+	if err := s.send(fHello, hello{Version: ProtocolVersion, Caps: capsSpoken}.encode()); err != nil {
 		s.Abort()
 		return nil, err
 	}
@@ -195,6 +205,7 @@ func (s *Session) Close() error {
 		err = cerr
 	}
 	s.qonce.Do(func() { close(s.quit) })
+	s.closeEncoder()
 	<-s.done
 	if werr := s.conn.Wait(); err == nil && werr != nil {
 		err = werr
@@ -211,6 +222,7 @@ func (s *Session) Close() error {
 // Abort tears the session down without waiting for serve.
 func (s *Session) Abort() {
 	s.qonce.Do(func() { close(s.quit) })
+	s.closeEncoder()
 	s.conn.Close()
 	<-s.done
 	s.conn.Wait()
@@ -218,3 +230,10 @@ func (s *Session) Abort() {
 
 // Wire returns the bytes written to and read from the connection so far.
 func (s *Session) Wire() (out, in int64) { return s.out.n.Load(), s.in.n.Load() }
+
+func (s *Session) closeEncoder() {
+	if s.enc != nil {
+		s.enc.Close()
+		s.enc = nil
+	}
+}

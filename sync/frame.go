@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"slices"
+
+	"github.com/understudy/understudy/chunkstore"
 )
 
 // A frame is the unit of the replication protocol, in both directions:
@@ -26,6 +28,7 @@ const (
 	fHave      byte = 0x10 // C: blob IDs the client asks about
 	fHaveReply byte = 0x11 // S: one bit per asked ID, in order
 	fBlob      byte = 0x20 // C: one blob in its stored form
+	fDelta     byte = 0x21 // C: a data blob as a delta against one the standby holds
 	fCommit    byte = 0x30 // C: a snapshot record to commit once all blobs are in
 	fCommitted byte = 0x31 // S: the snapshot is committed; what the session stored
 )
@@ -57,6 +60,8 @@ func maxPayload(t byte) uint32 {
 		return 4 + maxHaveIDs/8
 	case fBlob:
 		return maxBlobPayload
+	case fDelta:
+		return deltaHeader + chunkstore.MaxDataBlob
 	case fCommit:
 		return maxCommit
 	case fCommitted:

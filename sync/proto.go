@@ -17,9 +17,13 @@ const ProtocolVersion = 1
 // (a shell printing a banner, another program) is recognised at once.
 const helloMagic = "understudy-sync"
 
-// Capability bits, exchanged at the handshake. None is defined yet; a peer
-// ignores bits it does not know.
-const capNone uint64 = 0
+// Capability bits, exchanged at the handshake; a peer ignores bits it does
+// not know, and a feature is used only when both sides announce it.
+const (
+	// capDelta: the receiver accepts Delta frames.
+	capDelta   uint64 = 1 << 0
+	capsSpoken        = capDelta
+)
 
 // Welcome flags.
 const (
@@ -263,4 +267,37 @@ func decodeCommitted(p []byte) (Committed, error) {
 		PacksSealed: binary.BigEndian.Uint64(p[48:]),
 		Verified:    binary.BigEndian.Uint64(p[56:]),
 	}, nil
+}
+
+// Delta payload: a data blob encoded as zstd against a predecessor blob the
+// receiver holds, used as a raw dictionary (zstd dictionary ID deltaDictID):
+//
+//	raw length u32 | ID [32] | predecessor ID [32] | zstd frame
+const deltaHeader = 4 + 32 + 32
+
+// deltaDictID is the dictionary ID of every delta frame; the dictionary is
+// the predecessor's content.
+const deltaDict = 1
+
+type delta struct {
+	RawLength uint32
+	ID, Base  index.ID
+	Data      []byte
+}
+
+func appendDeltaHeader(b []byte, d delta) []byte {
+	b = binary.BigEndian.AppendUint32(b, d.RawLength)
+	b = append(b, d.ID[:]...)
+	return append(b, d.Base[:]...)
+}
+
+func decodeDelta(p []byte) (delta, error) {
+	if len(p) <= deltaHeader {
+		return delta{}, fmt.Errorf("%w: delta of %d bytes", ErrFrame, len(p))
+	}
+	d := delta{RawLength: binary.BigEndian.Uint32(p), ID: index.ID(p[4:36]), Base: index.ID(p[36:68]), Data: p[deltaHeader:]}
+	if d.RawLength > chunkstore.MaxDataBlob || len(d.Data) > chunkstore.MaxDataBlob {
+		return delta{}, fmt.Errorf("%w: delta for blob %s of %d bytes (raw %d) exceeds %d", ErrFrame, d.ID.Short(), len(d.Data), d.RawLength, chunkstore.MaxDataBlob)
+	}
+	return d, nil
 }

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
 	"github.com/understudy/understudy/snapshot"
@@ -26,8 +28,13 @@ type PushStats struct {
 	RoundTrips  int64     `json:"round_trips"`
 	TreesSent   int64     `json:"trees_sent"`
 	DataSent    int64     `json:"data_blobs_sent"`
-	BytesSent   int64     `json:"blob_bytes_sent"` // stored bytes of the blobs sent
+	BytesSent   int64     `json:"blob_bytes_sent"` // stored bytes of the blobs sent, or of their deltas
 	RawSent     int64     `json:"raw_bytes_sent"`  // their uncompressed size
+	// Data blobs sent as a delta against their predecessor (the blob that
+	// held the same bytes of the same file in the base), and the stored
+	// bytes that saved.
+	DeltasSent int64 `json:"deltas_sent"`
+	DeltaSaved int64 `json:"delta_bytes_saved"`
 	// What the standby's repository gained in this session so far.
 	StandbyBlobsAdded uint64  `json:"standby_blobs_added"`
 	StandbyBytesAdded uint64  `json:"standby_bytes_added"`
@@ -86,7 +93,7 @@ func (s *Session) push(src *chunkstore.Repo, id index.ID, st *PushStats) error {
 		st.AlreadyThere = true
 		return nil
 	}
-	w := &walk{s: s, src: src, st: st, seenData: make(map[index.ID]struct{}), seenTree: make(map[index.ID]struct{}), children: make(map[index.ID][]index.ID)}
+	w := &walk{s: s, src: src, st: st, pred: make(map[index.ID]index.ID), seenData: make(map[index.ID]struct{}), seenTree: make(map[index.ID]struct{}), children: make(map[index.ID][]index.ID)}
 	baseRoot, err := w.findBase(id, rec)
 	if err != nil {
 		return err
@@ -166,6 +173,9 @@ type walk struct {
 	seenTree map[index.ID]struct{} // trees asked about
 	askData  []index.ID            // data blobs to ask about at the next round trip
 	lacking  []index.Blob          // data blobs to send, with their location here
+	// pred maps a data blob of a file to its predecessor: the blob at the
+	// same offset of the file at the same path in the base.
+	pred map[index.ID]index.ID
 	// children are, for each tree the standby lacks, the trees it names
 	// that the standby lacks: the order in which to send them.
 	children map[index.ID][]index.ID
@@ -331,7 +341,16 @@ func (w *walk) visit(p pair) ([]pair, error) {
 			}
 			next = append(next, pair{n.Subtree, b})
 		case tree.File:
+			var bn *tree.Node
+			if base != nil {
+				if bn = base.Find(n.Name); bn != nil && bn.Type != tree.File {
+					bn = nil
+				}
+			}
+			var off uint64
 			for _, e := range n.Content {
+				at := off
+				off += e.Length
 				if e.IsHole() {
 					continue
 				}
@@ -340,6 +359,11 @@ func (w *walk) visit(p pair) ([]pair, error) {
 				}
 				w.seenData[e.Blob] = struct{}{}
 				w.askData = append(w.askData, e.Blob)
+				if bn != nil {
+					if p := blobAt(bn, at); !p.IsZero() {
+						w.pred[e.Blob] = p
+					}
+				}
 			}
 		}
 	}
@@ -352,6 +376,7 @@ func (w *walk) visit(p pair) ([]pair, error) {
 // sendData streams the lacking data blobs in the order of their packs here,
 // so that reading them is sequential.
 func (w *walk) sendData() error {
+	deltas := w.s.welcome.Caps&capDelta != 0 && !w.s.NoDelta
 	slices.SortFunc(w.lacking, func(a, b index.Blob) int {
 		if c := slices.Compare(a.Pack[:], b.Pack[:]); c != 0 {
 			return c
@@ -360,12 +385,74 @@ func (w *walk) sendData() error {
 	})
 	var buf []byte
 	for _, b := range w.lacking {
+		w.st.DataSent++
+		if p, ok := w.pred[b.ID]; ok && deltas {
+			sent, err := w.sendDelta(b, p)
+			if err != nil || sent {
+				return err
+			}
+		}
 		if err := w.sendBlob(b.ID, b.Location, &buf); err != nil {
 			return err
 		}
-		w.st.DataSent++
 	}
 	return nil
+}
+
+// blobAt returns the data blob holding byte at of file n, or the zero ID.
+func blobAt(n *tree.Node, at uint64) index.ID {
+	var off uint64
+	for _, e := range n.Content {
+		if at < off+e.Length {
+			return e.Blob
+		}
+		off += e.Length
+	}
+	return index.ID{}
+}
+
+// sendDelta sends data blob b as a zstd frame with its predecessor as the
+// dictionary, if that is at least an eighth smaller than b as stored.
+func (w *walk) sendDelta(b index.Blob, pred index.ID) (bool, error) {
+	raw, err := w.src.LoadBlob(b.ID, w.s.rawBuf)
+	if err != nil {
+		return false, err
+	}
+	w.s.rawBuf = raw
+	base, err := w.src.LoadBlob(pred, w.s.baseBuf)
+	if err != nil {
+		return false, nil // not readable here: send the blob itself
+	}
+	w.s.baseBuf = base
+	if w.s.enc == nil {
+		w.s.enc, err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false),
+			zstd.WithWindowSize(chunkstore.MaxDataBlob))
+		if err != nil {
+			return false, err
+		}
+	}
+	if err := w.s.enc.ResetWithOptions(nil, zstd.WithEncoderDictRaw(deltaDict, base)); err != nil {
+		return false, err
+	}
+	w.s.deltaBuf = w.s.enc.EncodeAll(raw, w.s.deltaBuf[:0])
+	d := w.s.deltaBuf
+	if uint64(len(d)) >= uint64(b.Length)-uint64(b.Length)/8 || len(d) > chunkstore.MaxDataBlob {
+		return false, nil
+	}
+	var hdr [frameHeaderSize + deltaHeader]byte
+	h := appendFrameHeader(hdr[:0], fDelta, deltaHeader+len(d))
+	h = appendDeltaHeader(h, delta{RawLength: uint32(len(raw)), ID: b.ID, Base: pred})
+	if _, err := w.s.bw.Write(h); err != nil {
+		return false, w.s.writeErr(err)
+	}
+	if _, err := w.s.bw.Write(d); err != nil {
+		return false, w.s.writeErr(err)
+	}
+	w.st.DeltasSent++
+	w.st.DeltaSaved += int64(b.Length) - int64(len(d))
+	w.st.BytesSent += int64(len(d))
+	w.st.RawSent += int64(len(raw))
+	return true, nil
 }
 
 // sendTrees sends the lacking trees, each after the lacking trees it names.

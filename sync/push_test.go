@@ -524,3 +524,95 @@ func TestFrameDeclaringTooMuchAllocatesLittle(t *testing.T) {
 		t.Fatalf("oversized frame: %v", err)
 	}
 }
+
+// TestPushSendsDeltas: a few bytes changed in a large file travel as a
+// delta against the chunk that held them before, a few hundred bytes rather
+// than the whole chunk; without deltas the chunk travels whole.
+func TestPushSendsDeltas(t *testing.T) {
+	for _, noDelta := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoDelta=%v", noDelta), func(t *testing.T) {
+			base := t.TempDir()
+			src, dst, tree := filepath.Join(base, "src"), filepath.Join(base, "dst"), filepath.Join(base, "tree")
+			initRepo(t, src)
+			initRepo(t, dst)
+			os.Mkdir(tree, 0o755)
+			big := make([]byte, 4<<20)
+			rand.NewChaCha8([32]byte{3}).Read(big)
+			name := filepath.Join(tree, "big")
+			if err := os.WriteFile(name, big, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			push(t, src, dst, take(t, src, tree))
+			copy(big[2<<20:], "sixteen changed!")
+			if err := os.WriteFile(name, big, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			id := take(t, src, tree)
+			conn := serveDir(t, dst)
+			r := openRepo(t, src, chunkstore.Shared)
+			s, err := NewSession(context.Background(), conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.NoDelta = noDelta
+			st, err := s.Push(context.Background(), r, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			r.Close()
+			t.Logf("%+v", st)
+			if st.DataSent != 1 {
+				t.Fatalf("sent %d data blobs, want the one changed chunk", st.DataSent)
+			}
+			if noDelta {
+				if st.DeltasSent != 0 || st.BytesSent < 64<<10 {
+					t.Errorf("without deltas: %d deltas, %d bytes", st.DeltasSent, st.BytesSent)
+				}
+			} else if st.DeltasSent != 1 || st.BytesSent > 4096 {
+				t.Errorf("with deltas: %d deltas, %d bytes", st.DeltasSent, st.BytesSent)
+			}
+			checkRepo(t, dst)
+			rd := openRepo(t, dst, chunkstore.Shared)
+			defer rd.Close()
+			rootID, _ := rootOf(t, src, id)
+			n, _, err := snapshot.Resolve(rd, rootID, "/big")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []byte
+			for _, e := range n.Content {
+				b, err := rd.LoadBlob(e.Blob, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, b...)
+			}
+			if !bytes.Equal(got, big) {
+				t.Fatal("the standby's file differs from the source")
+			}
+		})
+	}
+}
+
+// TestServeRefusesBadDelta: a delta against a blob the standby lacks, or
+// one that decodes to other content, is refused and nothing is stored.
+func TestServeRefusesBadDelta(t *testing.T) {
+	base := t.TempDir()
+	dst := filepath.Join(base, "dst")
+	initRepo(t, dst)
+	content := []byte(strings.Repeat("predecessor content ", 100))
+	c, fr := rawClient(t, dst)
+	d := delta{RawLength: uint32(len(content)), ID: index.Hash(content), Base: index.Hash([]byte("absent"))}
+	d.Data = []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0}
+	writeFrame(c, fDelta, append(appendDeltaHeader(nil, d), d.Data...))
+	writeFrame(c, fHave, encodeHave(nil, []index.ID{d.ID}))
+	expectError(t, fr, "predecessor")
+	c.Close()
+	checkRepo(t, dst)
+	if held := heldBlobs(t, dst); len(held) != 0 {
+		t.Errorf("the standby stored %d blobs from bad input", len(held))
+	}
+}

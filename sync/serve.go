@@ -12,6 +12,8 @@ import (
 	stdsync "sync"
 	"syscall"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
 	"github.com/understudy/understudy/snapshot"
@@ -69,7 +71,7 @@ func Serve(ctx context.Context, open func() (*chunkstore.Repo, error), r io.Read
 		return &RemoteError{Code: codeNoRepo, Text: err.Error()}
 	}
 	s.repo = repo
-	welcome := Welcome{Version: ProtocolVersion, Caps: capNone, Polynomial: uint64(repo.Config().Polynomial), Program: opts.Program}
+	welcome := Welcome{Version: ProtocolVersion, Caps: capsSpoken, Polynomial: uint64(repo.Config().Polynomial), Program: opts.Program}
 	if id, err := hex.DecodeString(repo.Config().ID); err == nil && len(id) == 32 {
 		copy(welcome.RepoID[:], id)
 	}
@@ -120,8 +122,9 @@ type server struct {
 }
 
 type blobJob struct {
-	buf *[]byte
-	sb  chunkstore.StoredBlob
+	buf   *[]byte
+	sb    chunkstore.StoredBlob
+	delta *delta // instead of sb
 }
 
 var frameBufs = stdsync.Pool{New: func() any { b := make([]byte, 0, 1<<20+maxBlobHeader); return &b }}
@@ -134,8 +137,14 @@ func (s *server) startVerifiers(cancel context.CancelCauseFunc) {
 		go func() {
 			defer s.verifiers.Done()
 			var scratch []byte
+			var dd deltaDecoder
+			defer dd.close()
 			for job := range s.jobs {
-				if s.failed() == nil {
+				if job.delta != nil {
+					if s.failed() == nil {
+						s.note(s.saveDelta(&dd, job.delta), cancel)
+					}
+				} else if s.failed() == nil {
 					raw, err := s.repo.VerifyStored(job.sb, scratch)
 					if err == nil {
 						_, err = s.up.SaveStored(s.ctx, job.sb)
@@ -196,6 +205,22 @@ func (s *server) loop() error {
 			return fmt.Errorf("%w: %w", errPeerGone, err)
 		}
 		*bp = p
+		if t == fDelta {
+			d, err := decodeDelta(p)
+			if err != nil {
+				frameBufs.Put(bp)
+				return err
+			}
+			s.inflight.Add(1)
+			select {
+			case s.jobs <- blobJob{buf: bp, delta: &d}:
+			case <-s.ctx.Done():
+				s.inflight.Done()
+				frameBufs.Put(bp)
+				return context.Cause(s.ctx)
+			}
+			continue
+		}
 		if t == fBlob {
 			sb, err := decodeBlob(p)
 			if err != nil {
@@ -262,6 +287,58 @@ func (s *server) handle(t byte, p []byte) error {
 		return fmt.Errorf("%w: the client stopped: %s", errPeerGone, re.Text)
 	}
 	return fmt.Errorf("%w: unexpected frame of type 0x%02x from the client", ErrFrame, t)
+}
+
+// deltaDecoder decodes Delta frames for one verifier goroutine.
+type deltaDecoder struct {
+	dec  *zstd.Decoder
+	base []byte
+	out  []byte
+}
+
+func (dd *deltaDecoder) close() {
+	if dd.dec != nil {
+		dd.dec.Close()
+	}
+}
+
+// saveDelta rebuilds a data blob from a delta against a blob the standby
+// holds, verifies it against its ID and stores it compressed as the
+// standby's own blobs are.
+func (s *server) saveDelta(dd *deltaDecoder, d *delta) error {
+	if ok, err := s.up.Has(d.ID); err != nil || ok {
+		return err
+	}
+	base, err := s.repo.LoadBlob(d.Base, dd.base)
+	if err != nil {
+		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("delta for blob %s: predecessor %s: %v", d.ID.Short(), d.Base.Short(), err)}
+	}
+	dd.base = base
+	if dd.dec == nil {
+		dd.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(chunkstore.MaxDataBlob),
+			zstd.WithDecoderMaxWindow(chunkstore.MaxDataBlob), zstd.WithDecodeAllCapLimit(true))
+		if err != nil {
+			return err
+		}
+	}
+	if err := dd.dec.ResetWithOptions(nil, zstd.WithDecoderDictRaw(deltaDict, base)); err != nil {
+		return err
+	}
+	if uint32(cap(dd.out)) < d.RawLength {
+		dd.out = make([]byte, 0, d.RawLength)
+	}
+	raw, err := dd.dec.DecodeAll(d.Data, dd.out[:0:d.RawLength])
+	if err == nil && uint32(len(raw)) != d.RawLength {
+		err = fmt.Errorf("decoded to %d bytes, expected %d", len(raw), d.RawLength)
+	}
+	if err == nil && index.Hash(raw) != d.ID {
+		err = chunkstore.ErrBlobHash
+	}
+	if err != nil {
+		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("delta for blob %s against %s: %v", d.ID.Short(), d.Base.Short(), err)}
+	}
+	_, err = s.up.Save(s.ctx, index.DataBlob, d.ID, raw)
+	return err
 }
 
 // saveTree verifies a tree blob and checks that every blob it names is
