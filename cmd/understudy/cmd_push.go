@@ -26,6 +26,7 @@ type pushOptions struct {
 	remoteCommand string
 	keepalive     time.Duration
 	connectTime   time.Duration
+	noDelta       bool
 }
 
 func newPushCmd(g *globals) *cobra.Command {
@@ -56,6 +57,7 @@ the same time.`,
 	f.StringVar(&opts.remoteCommand, "remote-command", "understudy", "the understudy program on the standby, like rsync's --rsync-path")
 	f.DurationVar(&opts.keepalive, "keepalive", 15*time.Second, "ssh keepalive interval; the connection is dropped after 3 unanswered")
 	f.DurationVar(&opts.connectTime, "connect-timeout", 30*time.Second, "time allowed for the ssh connection and handshake")
+	f.BoolVar(&opts.noDelta, "no-delta", false, "send changed chunks whole, not as deltas against their predecessors (for measuring)")
 	cmd.MarkFlagRequired("to")
 	return cmd
 }
@@ -156,6 +158,7 @@ func pushTo(ctx context.Context, g *globals, repo *chunkstore.Repo, d usync.Dest
 	if err != nil {
 		return fail(err)
 	}
+	sess.NoDelta = opts.noDelta
 	for _, id := range snaps {
 		st, err := sess.Push(ctx, repo, id)
 		res.Snapshots = append(res.Snapshots, st)
@@ -185,8 +188,8 @@ func printPushResult(g *globals, r destResult) {
 				base = "against " + st.Base.Short()
 			}
 			g.printf("%s: snapshot %s pushed in %s (%s)\n", r.Dest, st.Snapshot.Short(), fmtDuration(st.DurationSec), base)
-			g.printf("  walked %d trees; sent %d trees, %d data blobs, %s stored (%s raw); asked about %d IDs in %d round trips\n",
-				st.TreesWalked, st.TreesSent, st.DataSent, humanBytes(st.BytesSent), humanBytes(st.RawSent), st.IDsAsked, st.RoundTrips)
+			g.printf("  walked %d trees; sent %d trees, %d data blobs (%d as deltas), %s stored (%s raw); asked about %d IDs in %d round trips\n",
+				st.TreesWalked, st.TreesSent, st.DataSent, st.DeltasSent, humanBytes(st.BytesSent), humanBytes(st.RawSent), st.IDsAsked, st.RoundTrips)
 		}
 	}
 	if r.Error == "" {
