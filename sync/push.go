@@ -199,19 +199,24 @@ func (w *walk) findBase(id index.ID, rec *snapshot.Record) (index.ID, error) {
 			cands = append(cands, l)
 		}
 	}
-	ids := make([]index.ID, len(cands))
-	for i, c := range cands {
-		ids[i] = c.ID
-	}
-	held, err := w.s.have(w.st, ids)
-	if err != nil {
-		return index.ID{}, err
-	}
-	for i, h := range held {
-		if h {
-			base := cands[i].ID
-			w.st.Base = &base
-			return cands[i].Root, nil
+	// Usually the standby holds the set's previous snapshot: ask about a
+	// few first, then more, so that a long history costs little.
+	for lo, hi := 0, 16; lo < len(cands); lo, hi = hi, hi*8 {
+		batch := cands[lo:min(hi, len(cands))]
+		ids := make([]index.ID, len(batch))
+		for i, c := range batch {
+			ids[i] = c.ID
+		}
+		held, err := w.s.have(w.st, ids)
+		if err != nil {
+			return index.ID{}, err
+		}
+		for i, h := range held {
+			if h {
+				base := batch[i].ID
+				w.st.Base = &base
+				return batch[i].Root, nil
+			}
 		}
 	}
 	return index.ID{}, nil

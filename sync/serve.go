@@ -129,6 +129,14 @@ type blobJob struct {
 
 var frameBufs = stdsync.Pool{New: func() any { b := make([]byte, 0, 1<<20+maxBlobHeader); return &b }}
 
+// putFrameBuf returns a frame buffer to the pool unless a large tree made it
+// too big to keep.
+func putFrameBuf(bp *[]byte) {
+	if cap(*bp) <= 2*chunkstore.MaxDataBlob {
+		frameBufs.Put(bp)
+	}
+}
+
 func (s *server) startVerifiers(cancel context.CancelCauseFunc) {
 	n := runtime.GOMAXPROCS(0)
 	s.jobs = make(chan blobJob, 2*n)
@@ -154,7 +162,7 @@ func (s *server) startVerifiers(cancel context.CancelCauseFunc) {
 					}
 					s.note(err, cancel)
 				}
-				frameBufs.Put(job.buf)
+				putFrameBuf(job.buf)
 				s.inflight.Done()
 			}
 		}()
@@ -195,7 +203,7 @@ func (s *server) loop() error {
 		bp := frameBufs.Get().(*[]byte)
 		t, p, err := s.fr.next(*bp)
 		if err != nil {
-			frameBufs.Put(bp)
+			putFrameBuf(bp)
 			if err == io.EOF {
 				return s.barrier()
 			}
@@ -208,7 +216,7 @@ func (s *server) loop() error {
 		if t == fDelta {
 			d, err := decodeDelta(p)
 			if err != nil {
-				frameBufs.Put(bp)
+				putFrameBuf(bp)
 				return err
 			}
 			s.inflight.Add(1)
@@ -216,7 +224,7 @@ func (s *server) loop() error {
 			case s.jobs <- blobJob{buf: bp, delta: &d}:
 			case <-s.ctx.Done():
 				s.inflight.Done()
-				frameBufs.Put(bp)
+				putFrameBuf(bp)
 				return context.Cause(s.ctx)
 			}
 			continue
@@ -224,7 +232,7 @@ func (s *server) loop() error {
 		if t == fBlob {
 			sb, err := decodeBlob(p)
 			if err != nil {
-				frameBufs.Put(bp)
+				putFrameBuf(bp)
 				return err
 			}
 			if sb.Type == index.DataBlob {
@@ -233,20 +241,20 @@ func (s *server) loop() error {
 				case s.jobs <- blobJob{buf: bp, sb: sb}:
 				case <-s.ctx.Done():
 					s.inflight.Done()
-					frameBufs.Put(bp)
+					putFrameBuf(bp)
 					return context.Cause(s.ctx)
 				}
 				continue
 			}
 			err = s.saveTree(sb)
-			frameBufs.Put(bp)
+			putFrameBuf(bp)
 			if err != nil {
 				return err
 			}
 			continue
 		}
 		err = s.handle(t, p)
-		frameBufs.Put(bp)
+		putFrameBuf(bp)
 		if err != nil {
 			return err
 		}
