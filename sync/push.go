@@ -393,8 +393,11 @@ func (w *walk) sendData() error {
 		w.st.DataSent++
 		if p, ok := w.pred[b.ID]; ok && deltas {
 			sent, err := w.sendDelta(b, p)
-			if err != nil || sent {
+			if err != nil {
 				return err
+			}
+			if sent {
+				continue
 			}
 		}
 		if err := w.sendBlob(b.ID, b.Location, &buf); err != nil {

@@ -543,8 +543,13 @@ func TestPushSendsDeltas(t *testing.T) {
 				t.Fatal(err)
 			}
 			push(t, src, dst, take(t, src, tree))
-			copy(big[2<<20:], "sixteen changed!")
+			copy(big[1<<20:], "sixteen changed!")
+			copy(big[3<<20:], "sixteen changed!")
 			if err := os.WriteFile(name, big, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			// And a new file: no predecessor, sent whole.
+			if err := os.WriteFile(filepath.Join(tree, "new"), big[:100<<10], 0o644); err != nil {
 				t.Fatal(err)
 			}
 			id := take(t, src, tree)
@@ -564,14 +569,14 @@ func TestPushSendsDeltas(t *testing.T) {
 			}
 			r.Close()
 			t.Logf("%+v", st)
-			if st.DataSent != 1 {
-				t.Fatalf("sent %d data blobs, want the one changed chunk", st.DataSent)
+			if st.DataSent != 3 {
+				t.Fatalf("sent %d data blobs, want the two changed chunks and the new file", st.DataSent)
 			}
 			if noDelta {
-				if st.DeltasSent != 0 || st.BytesSent < 64<<10 {
+				if st.DeltasSent != 0 || st.BytesSent < 3*64<<10 {
 					t.Errorf("without deltas: %d deltas, %d bytes", st.DeltasSent, st.BytesSent)
 				}
-			} else if st.DeltasSent != 1 || st.BytesSent > 4096 {
+			} else if st.DeltasSent != 2 || st.BytesSent > 100<<10+8192 {
 				t.Errorf("with deltas: %d deltas, %d bytes", st.DeltasSent, st.BytesSent)
 			}
 			checkRepo(t, dst)
