@@ -28,7 +28,7 @@ const (
 	fHave      byte = 0x10 // C: blob IDs the client asks about
 	fHaveReply byte = 0x11 // S: one bit per asked ID, in order
 	fBlob      byte = 0x20 // C: one blob in its stored form
-	fDelta     byte = 0x21 // C: a data blob as a delta against one the standby holds
+	fDelta     byte = 0x21 // C: a data or tree blob as a delta against one the standby holds
 	fCommit    byte = 0x30 // C: a snapshot record to commit once all blobs are in
 	fCommitted byte = 0x31 // S: the snapshot is committed; what the session stored
 )
@@ -61,7 +61,7 @@ func maxPayload(t byte) uint32 {
 	case fBlob:
 		return maxBlobPayload
 	case fDelta:
-		return deltaHeader + chunkstore.MaxDataBlob
+		return deltaHeader + chunkstore.MaxTreeBlob
 	case fCommit:
 		return maxCommit
 	case fCommitted:

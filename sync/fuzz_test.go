@@ -23,6 +23,7 @@ func FuzzFrames(f *testing.F) {
 	add(fHave, encodeHave(nil, []index.ID{id, id}))
 	add(fHaveReply, encodeHaveReply([]bool{true, false, true}))
 	add(fBlob, append(appendBlobHeader(nil, chunkstore.StoredBlob{ID: id, Type: index.DataBlob, RawLength: 1}), 'x'))
+	add(fDelta, append(appendDeltaHeader(nil, delta{Type: index.TreeBlob, RawLength: 3, ID: id, Base: id}), 1, 2, 3))
 	add(fCommit, encodeCommit(index.Hash([]byte("{}")), []byte("{}")))
 	add(fCommitted, Committed{Snapshot: id}.encode())
 	f.Add(seed)
@@ -67,6 +68,10 @@ func FuzzFrames(f *testing.F) {
 			case fBlob:
 				if b, err := decodeBlob(p); err == nil && !bytes.Equal(append(appendBlobHeader(nil, b), b.Data...), p) {
 					t.Fatal("blob does not round-trip")
+				}
+			case fDelta:
+				if d, err := decodeDelta(p); err == nil && !bytes.Equal(append(appendDeltaHeader(nil, d), d.Data...), p) {
+					t.Fatal("delta does not round-trip")
 				}
 			case fCommit:
 				decodeCommit(p)

@@ -269,23 +269,26 @@ func decodeCommitted(p []byte) (Committed, error) {
 	}, nil
 }
 
-// Delta payload: a data blob encoded as zstd against a predecessor blob the
-// receiver holds, used as a raw dictionary (zstd dictionary ID deltaDictID):
+// Delta payload: a data or tree blob encoded as zstd against a predecessor
+// blob the receiver holds, used as a raw dictionary (zstd dictionary ID
+// deltaDict):
 //
-//	raw length u32 | ID [32] | predecessor ID [32] | zstd frame
-const deltaHeader = 4 + 32 + 32
+//	blob type u8 | raw length u32 | ID [32] | predecessor ID [32] | zstd frame
+const deltaHeader = 1 + 4 + 32 + 32
 
-// deltaDictID is the dictionary ID of every delta frame; the dictionary is
+// deltaDict is the dictionary ID of every delta frame; the dictionary is
 // the predecessor's content.
 const deltaDict = 1
 
 type delta struct {
+	Type      index.BlobType
 	RawLength uint32
 	ID, Base  index.ID
 	Data      []byte
 }
 
 func appendDeltaHeader(b []byte, d delta) []byte {
+	b = append(b, byte(d.Type))
 	b = binary.BigEndian.AppendUint32(b, d.RawLength)
 	b = append(b, d.ID[:]...)
 	return append(b, d.Base[:]...)
@@ -295,9 +298,12 @@ func decodeDelta(p []byte) (delta, error) {
 	if len(p) <= deltaHeader {
 		return delta{}, fmt.Errorf("%w: delta of %d bytes", ErrFrame, len(p))
 	}
-	d := delta{RawLength: binary.BigEndian.Uint32(p), ID: index.ID(p[4:36]), Base: index.ID(p[36:68]), Data: p[deltaHeader:]}
-	if d.RawLength > chunkstore.MaxDataBlob || len(d.Data) > chunkstore.MaxDataBlob {
-		return delta{}, fmt.Errorf("%w: delta for blob %s of %d bytes (raw %d) exceeds %d", ErrFrame, d.ID.Short(), len(d.Data), d.RawLength, chunkstore.MaxDataBlob)
+	d := delta{Type: index.BlobType(p[0]), RawLength: binary.BigEndian.Uint32(p[1:]), ID: index.ID(p[5:37]), Base: index.ID(p[37:69]), Data: p[deltaHeader:]}
+	if d.Type != index.DataBlob && d.Type != index.TreeBlob {
+		return delta{}, fmt.Errorf("%w: delta for blob %s of type %d (data or tree expected)", ErrFrame, d.ID.Short(), p[0])
+	}
+	if max := chunkstore.MaxRaw(d.Type); d.RawLength > max || uint64(len(d.Data)) > uint64(max) {
+		return delta{}, fmt.Errorf("%w: delta for %s blob %s of %d bytes (raw %d) exceeds %d", ErrFrame, d.Type, d.ID.Short(), len(d.Data), d.RawLength, max)
 	}
 	return d, nil
 }

@@ -34,6 +34,8 @@ type PushStats struct {
 	// held the same bytes of the same file in the base), and the stored
 	// bytes that saved.
 	DeltasSent int64 `json:"deltas_sent"`
+	// Trees sent as a delta against the base's tree at the same path.
+	TreeDeltas int64 `json:"tree_deltas_sent"`
 	DeltaSaved int64 `json:"delta_bytes_saved"`
 	// What the standby's repository gained in this session so far.
 	StandbyBlobsAdded uint64  `json:"standby_blobs_added"`
@@ -173,8 +175,9 @@ type walk struct {
 	seenTree map[index.ID]struct{} // trees asked about
 	askData  []index.ID            // data blobs to ask about at the next round trip
 	lacking  []index.Blob          // data blobs to send, with their location here
-	// pred maps a data blob of a file to its predecessor: the blob at the
-	// same offset of the file at the same path in the base.
+	// pred maps a data blob of a file to its predecessor, the blob at the
+	// same offset of the file at the same path in the base; and a tree to
+	// the base's tree at the same path.
 	pred map[index.ID]index.ID
 	// children are, for each tree the standby lacks, the trees it names
 	// that the standby lacks: the order in which to send them.
@@ -311,6 +314,8 @@ func (w *walk) visit(p pair) ([]pair, error) {
 	if !p.base.IsZero() {
 		if base, err = snapshot.LoadTree(w.src, p.base); err != nil {
 			base = nil // not in the source any more: ask instead
+		} else {
+			w.pred[p.id] = p.base
 		}
 	}
 	knownSub := make(map[index.ID]struct{})
@@ -380,8 +385,10 @@ func (w *walk) visit(p pair) ([]pair, error) {
 
 // sendData streams the lacking data blobs in the order of their packs here,
 // so that reading them is sequential.
+func (w *walk) deltas() bool { return w.s.welcome.Caps&capDelta != 0 && !w.s.NoDelta }
+
 func (w *walk) sendData() error {
-	deltas := w.s.welcome.Caps&capDelta != 0 && !w.s.NoDelta
+	deltas := w.deltas()
 	slices.SortFunc(w.lacking, func(a, b index.Blob) int {
 		if c := slices.Compare(a.Pack[:], b.Pack[:]); c != 0 {
 			return c
@@ -419,7 +426,7 @@ func blobAt(n *tree.Node, at uint64) index.ID {
 	return index.ID{}
 }
 
-// sendDelta sends data blob b as a zstd frame with its predecessor as the
+// sendDelta sends blob b as a zstd frame with its predecessor as the
 // dictionary, if that is at least an eighth smaller than b as stored.
 func (w *walk) sendDelta(b index.Blob, pred index.ID) (bool, error) {
 	raw, err := w.src.LoadBlob(b.ID, w.s.rawBuf)
@@ -444,19 +451,23 @@ func (w *walk) sendDelta(b index.Blob, pred index.ID) (bool, error) {
 	}
 	w.s.deltaBuf = w.s.enc.EncodeAll(raw, w.s.deltaBuf[:0])
 	d := w.s.deltaBuf
-	if uint64(len(d)) >= uint64(b.Length)-uint64(b.Length)/8 || len(d) > chunkstore.MaxDataBlob {
+	if uint64(len(d)) >= uint64(b.Length)-uint64(b.Length)/8 {
 		return false, nil
 	}
 	var hdr [frameHeaderSize + deltaHeader]byte
 	h := appendFrameHeader(hdr[:0], fDelta, deltaHeader+len(d))
-	h = appendDeltaHeader(h, delta{RawLength: uint32(len(raw)), ID: b.ID, Base: pred})
+	h = appendDeltaHeader(h, delta{Type: b.Type, RawLength: uint32(len(raw)), ID: b.ID, Base: pred})
 	if _, err := w.s.bw.Write(h); err != nil {
 		return false, w.s.writeErr(err)
 	}
 	if _, err := w.s.bw.Write(d); err != nil {
 		return false, w.s.writeErr(err)
 	}
-	w.st.DeltasSent++
+	if b.Type == index.DataBlob {
+		w.st.DeltasSent++
+	} else {
+		w.st.TreeDeltas++
+	}
 	w.st.DeltaSaved += int64(b.Length) - int64(len(d))
 	w.st.BytesSent += int64(len(d))
 	w.st.RawSent += int64(len(raw))
@@ -466,6 +477,7 @@ func (w *walk) sendDelta(b index.Blob, pred index.ID) (bool, error) {
 // sendTrees sends the lacking trees, each after the lacking trees it names.
 func (w *walk) sendTrees(root index.ID) error {
 	sent := make(map[index.ID]bool, len(w.children))
+	deltas := w.deltas()
 	var buf []byte
 	// An explicit stack: trees may nest deeper than a goroutine stack likes.
 	type frame struct {
@@ -500,10 +512,19 @@ func (w *walk) sendTrees(root index.ID) error {
 		if !ok {
 			return fmt.Errorf("tree %s: %w in the source repository (run check)", id.Short(), chunkstore.ErrBlobMissing)
 		}
+		w.st.TreesSent++
+		if p, ok := w.pred[id]; ok && deltas {
+			sent, err := w.sendDelta(index.Blob{ID: id, Location: loc}, p)
+			if err != nil {
+				return err
+			}
+			if sent {
+				continue
+			}
+		}
 		if err := w.sendBlob(id, loc, &buf); err != nil {
 			return err
 		}
-		w.st.TreesSent++
 	}
 	return nil
 }

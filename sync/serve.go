@@ -95,6 +95,7 @@ func Serve(ctx context.Context, open func() (*chunkstore.Repo, error), r io.Read
 			err = ferr
 		}
 		s.up.Close()
+		s.treeDD.close()
 		if err == nil {
 			err = s.failed()
 		}
@@ -113,6 +114,7 @@ type server struct {
 	repo *chunkstore.Repo
 	up   *chunkstore.Uploader
 
+	treeDD    deltaDecoder // for tree deltas, decoded by the frame loop itself
 	jobs      chan blobJob
 	verifiers stdsync.WaitGroup // the verifier goroutines
 	inflight  stdsync.WaitGroup // data blobs handed to them, not yet saved
@@ -219,6 +221,14 @@ func (s *server) loop() error {
 				putFrameBuf(bp)
 				return err
 			}
+			if d.Type == index.TreeBlob {
+				err = s.saveTreeDelta(&d)
+				putFrameBuf(bp)
+				if err != nil {
+					return err
+				}
+				continue
+			}
 			s.inflight.Add(1)
 			select {
 			case s.jobs <- blobJob{buf: bp, delta: &d}:
@@ -317,41 +327,69 @@ func (s *server) saveDelta(dd *deltaDecoder, d *delta) error {
 	if ok, err := s.up.Has(d.ID); err != nil || ok {
 		return err
 	}
-	base, err := s.repo.LoadBlob(d.Base, dd.base)
+	raw, err := s.undelta(dd, d)
 	if err != nil {
-		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("delta for blob %s: predecessor %s: %v", d.ID.Short(), d.Base.Short(), err)}
-	}
-	dd.base = base
-	if dd.dec == nil {
-		dd.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(chunkstore.MaxDataBlob),
-			zstd.WithDecoderMaxWindow(chunkstore.MaxDataBlob), zstd.WithDecodeAllCapLimit(true))
-		if err != nil {
-			return err
-		}
-	}
-	if err := dd.dec.ResetWithOptions(nil, zstd.WithDecoderDictRaw(deltaDict, base)); err != nil {
 		return err
-	}
-	if uint32(cap(dd.out)) < d.RawLength {
-		dd.out = make([]byte, 0, d.RawLength)
-	}
-	raw, err := dd.dec.DecodeAll(d.Data, dd.out[:0:d.RawLength])
-	if err == nil && uint32(len(raw)) != d.RawLength {
-		err = fmt.Errorf("decoded to %d bytes, expected %d", len(raw), d.RawLength)
-	}
-	if err == nil && index.Hash(raw) != d.ID {
-		err = chunkstore.ErrBlobHash
-	}
-	if err != nil {
-		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("delta for blob %s against %s: %v", d.ID.Short(), d.Base.Short(), err)}
 	}
 	_, err = s.up.Save(s.ctx, index.DataBlob, d.ID, raw)
 	return err
 }
 
-// saveTree verifies a tree blob and checks that every blob it names is
-// already held, so that the index never holds a tree without what it names
-// (the closure rule the client's walk relies on).
+// saveTreeDelta rebuilds a tree from a delta, then stores it like a Blob
+// frame's tree.
+func (s *server) saveTreeDelta(d *delta) error {
+	if err := s.barrier(); err != nil {
+		return err
+	}
+	raw, err := s.undelta(&s.treeDD, d)
+	if err != nil {
+		return err
+	}
+	return s.storeTree(d.ID, raw, func() error {
+		_, err := s.up.Save(s.ctx, index.TreeBlob, d.ID, raw)
+		return err
+	})
+}
+
+// undelta decodes a delta against its predecessor, loaded (and verified)
+// from the standby's repository, and checks the result against its ID.
+func (s *server) undelta(dd *deltaDecoder, d *delta) ([]byte, error) {
+	bad := func(err error) ([]byte, error) {
+		return nil, &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("delta for %s blob %s against %s: %v", d.Type, d.ID.Short(), d.Base.Short(), err)}
+	}
+	base, err := s.repo.LoadBlob(d.Base, dd.base)
+	if err != nil {
+		return bad(fmt.Errorf("predecessor: %w", err))
+	}
+	dd.base = base
+	if dd.dec == nil {
+		dd.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(chunkstore.MaxTreeBlob),
+			zstd.WithDecoderMaxWindow(chunkstore.MaxTreeBlob), zstd.WithDecodeAllCapLimit(true))
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := dd.dec.ResetWithOptions(nil, zstd.WithDecoderDictRaw(deltaDict, base)); err != nil {
+		return nil, err
+	}
+	if uint32(cap(dd.out)) < d.RawLength {
+		dd.out = make([]byte, 0, d.RawLength)
+	}
+	raw, err := dd.dec.DecodeAll(d.Data, dd.out[:0:d.RawLength])
+	if err != nil {
+		return bad(err)
+	}
+	dd.out = raw
+	if uint32(len(raw)) != d.RawLength {
+		return bad(fmt.Errorf("decoded to %d bytes, expected %d", len(raw), d.RawLength))
+	}
+	if index.Hash(raw) != d.ID {
+		return bad(chunkstore.ErrBlobHash)
+	}
+	return raw, nil
+}
+
+// saveTree verifies a tree blob, then stores it.
 func (s *server) saveTree(sb chunkstore.StoredBlob) error {
 	if err := s.barrier(); err != nil {
 		return err
@@ -360,27 +398,37 @@ func (s *server) saveTree(sb chunkstore.StoredBlob) error {
 	if err != nil {
 		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("received tree: %v", err)}
 	}
+	return s.storeTree(sb.ID, raw, func() error {
+		_, err := s.up.SaveStored(s.ctx, sb)
+		return err
+	})
+}
+
+// storeTree checks that a verified tree decodes and that every blob it names
+// is already held, so that the index never holds a tree without what it
+// names (the closure rule the client's walk relies on), then calls save.
+func (s *server) storeTree(id index.ID, raw []byte, save func() error) error {
 	t, err := tree.Decode(raw)
 	if err != nil {
-		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("received tree %s: %v", sb.ID.Short(), err)}
+		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("received tree %s: %v", id.Short(), err)}
 	}
 	for i := range t.Nodes {
 		n := &t.Nodes[i]
 		if n.Type == tree.Dir {
-			if err := s.requireHeld(sb.ID, n.Name, n.Subtree); err != nil {
+			if err := s.requireHeld(id, n.Name, n.Subtree); err != nil {
 				return err
 			}
 			continue
 		}
 		for _, e := range n.Content {
 			if !e.IsHole() {
-				if err := s.requireHeld(sb.ID, n.Name, e.Blob); err != nil {
+				if err := s.requireHeld(id, n.Name, e.Blob); err != nil {
 					return err
 				}
 			}
 		}
 	}
-	_, err = s.up.SaveStored(s.ctx, sb)
+	err = save()
 	s.note(err, func(error) {})
 	return err
 }
