@@ -89,7 +89,7 @@ type frameReader struct {
 func (fr *frameReader) next(buf []byte) (byte, []byte, error) {
 	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
 		if err == io.ErrUnexpectedEOF {
-			return 0, nil, fmt.Errorf("%w: stream ends inside a frame header", ErrFrame)
+			return 0, nil, fmt.Errorf("%w: stream ends inside a frame header (%w)", ErrFrame, io.ErrUnexpectedEOF)
 		}
 		return 0, nil, err
 	}
@@ -109,7 +109,7 @@ func (fr *frameReader) next(buf []byte) (byte, []byte, error) {
 		buf = slices.Grow(buf, step)[:start+step]
 		if got, err := io.ReadFull(fr.r, buf[start:]); err != nil {
 			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				return 0, nil, fmt.Errorf("%w: stream ends inside a frame of type 0x%02x (%d of %d bytes)", ErrFrame, t, start+got, n)
+				return 0, nil, fmt.Errorf("%w: stream ends inside a frame of type 0x%02x (%d of %d bytes) (%w)", ErrFrame, t, start+got, n, io.ErrUnexpectedEOF)
 			}
 			return 0, nil, err
 		}

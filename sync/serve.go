@@ -209,7 +209,7 @@ func (s *server) loop() error {
 			if err == io.EOF {
 				return s.barrier()
 			}
-			if errors.Is(err, ErrFrame) {
+			if errors.Is(err, ErrFrame) && !errors.Is(err, io.ErrUnexpectedEOF) {
 				return err
 			}
 			return fmt.Errorf("%w: %w", errPeerGone, err)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	stdsync "sync"
+	"time"
 )
 
 // Dest is where push sends snapshots: a repository path on this host, served
@@ -124,11 +125,21 @@ func (c *procConn) Wait() error {
 	return c.werr
 }
 
+// Close ends serve's input, so that it commits what it received, and kills
+// it if it has not exited after closeGrace.
 func (c *procConn) Close() error {
 	c.stdin.Close()
-	if c.cmd.ProcessState == nil {
+	exited := make(chan struct{})
+	go func() { c.Wait(); close(exited) }()
+	select {
+	case <-exited:
+	case <-time.After(closeGrace):
 		c.cmd.Process.Kill()
+		<-exited
 	}
-	c.Wait()
 	return nil
 }
+
+// closeGrace is how long a local serve may take to commit and exit once its
+// client is gone.
+const closeGrace = 30 * time.Second

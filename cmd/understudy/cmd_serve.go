@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -54,6 +56,9 @@ func runServe(ctx context.Context, g *globals, opts serveOptions) error {
 		repo, err = g.openRepoWith(chunkstore.OpenOptions{Mode: chunkstore.Exclusive, What: "serve", Wait: opts.lockWait})
 		return repo, err
 	}
+	// A client that went away must not kill serve with SIGPIPE before it
+	// has said why the session ended; writes then fail with EPIPE.
+	signal.Ignore(syscall.SIGPIPE)
 	log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	if g.verbose {
 		log = slog.New(slog.NewTextHandler(g.stderr, nil))

@@ -25,7 +25,9 @@ var layers = map[string][]string{
 	"snapshot/testtree":  {}, // checks fsmeta's work with code of its own
 	"snapshot":           {"index", "chunkstore", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta"},
 	"restore":            {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta"},
-	"cmd/understudy":     {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection", "restore"},
+	"sync":               {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection"},
+	"sync/sshdtest":      {}, // runs a real sshd for tests
+	"cmd/understudy":     {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection", "restore", "sync"},
 	"bench/gentree":      {},
 }
 
@@ -61,8 +63,8 @@ func TestLayers(t *testing.T) {
 			if !ours || dep == name {
 				continue
 			}
-			if dep == "snapshot/testtree" && slices.Contains(p.TestImports, imp) {
-				continue // any test may build test trees
+			if (dep == "snapshot/testtree" || dep == "sync/sshdtest") && slices.Contains(p.TestImports, imp) {
+				continue // any test may build test trees and run sshd
 			}
 			if !slices.Contains(allowed, dep) {
 				t.Errorf("%s imports %s, which layers_test.go does not allow", name, dep)
