@@ -9,8 +9,6 @@ import (
 	stdsync "sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
 )
 
 // Conn is a byte stream to a running `understudy serve`: a child process on
@@ -44,11 +42,8 @@ type Session struct {
 	rerr    atomic.Pointer[error]
 	done    chan struct{} // closed when readLoop returns
 
-	// Delta encoding: one encoder, and buffers reused between blobs.
-	enc                       *zstd.Encoder
-	rawBuf, baseBuf, deltaBuf []byte
-	quit                      chan struct{} // closed when the session is torn down
-	qonce                     stdsync.Once
+	quit  chan struct{} // closed when the session is torn down
+	qonce stdsync.Once
 }
 
 type reply struct {
@@ -205,7 +200,6 @@ func (s *Session) Close() error {
 		err = cerr
 	}
 	s.qonce.Do(func() { close(s.quit) })
-	s.closeEncoder()
 	<-s.done
 	if werr := s.conn.Wait(); err == nil && werr != nil {
 		err = werr
@@ -222,7 +216,6 @@ func (s *Session) Close() error {
 // Abort tears the session down without waiting for serve.
 func (s *Session) Abort() {
 	s.qonce.Do(func() { close(s.quit) })
-	s.closeEncoder()
 	s.conn.Close()
 	<-s.done
 	s.conn.Wait()
@@ -230,10 +223,3 @@ func (s *Session) Abort() {
 
 // Wire returns the bytes written to and read from the connection so far.
 func (s *Session) Wire() (out, in int64) { return s.out.n.Load(), s.in.n.Load() }
-
-func (s *Session) closeEncoder() {
-	if s.enc != nil {
-		s.enc.Close()
-		s.enc = nil
-	}
-}
