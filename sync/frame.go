@@ -25,6 +25,8 @@ const (
 	fHello     byte = 0x01 // C: magic, version, capabilities
 	fWelcome   byte = 0x02 // S: version, capabilities, repository ID, flags
 	fError     byte = 0x03 // C or S: a reason; the sender stops after it
+	fBegin     byte = 0x0a // C: the snapshot about to be pushed, and its set
+	fReady     byte = 0x0b // S: the standby accepts that set
 	fHave      byte = 0x10 // C: blob IDs the client asks about
 	fHaveReply byte = 0x11 // S: one bit per asked ID, in order
 	fBlob      byte = 0x20 // C: one blob in its stored form
@@ -54,6 +56,10 @@ func maxPayload(t byte) uint32 {
 		return welcomeMax
 	case fError:
 		return 2 + 2 + maxErrorText
+	case fBegin:
+		return 32 + 1 + 255
+	case fReady:
+		return 0
 	case fHave:
 		return 4 + 32*maxHaveIDs
 	case fHaveReply:
@@ -96,7 +102,7 @@ func (fr *frameReader) next(buf []byte) (byte, []byte, error) {
 	t := fr.hdr[0]
 	n := binary.BigEndian.Uint32(fr.hdr[1:])
 	limit := maxPayload(t)
-	if limit == 0 {
+	if limit == 0 && t != fReady {
 		return 0, nil, fmt.Errorf("%w: unknown frame type 0x%02x", ErrFrame, t)
 	}
 	if n > limit {

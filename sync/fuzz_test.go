@@ -20,6 +20,9 @@ func FuzzFrames(f *testing.F) {
 	add(fWelcome, Welcome{Version: ProtocolVersion, Program: "x"}.encode())
 	add(fError, encodeError(codeFailed, "no"))
 	id := index.Hash([]byte("x"))
+	begin, _ := encodeBegin(id, "os")
+	add(fBegin, begin)
+	add(fReady, nil)
 	add(fHave, encodeHave(nil, []index.ID{id, id}))
 	add(fHaveReply, encodeHaveReply([]bool{true, false, true}))
 	add(fBlob, append(appendBlobHeader(nil, chunkstore.StoredBlob{ID: id, Type: index.DataBlob, RawLength: 1}), 'x'))
@@ -54,6 +57,12 @@ func FuzzFrames(f *testing.F) {
 				}
 			case fError:
 				decodeError(p)
+			case fBegin:
+				if id, set, err := decodeBegin(p); err == nil {
+					if b, err := encodeBegin(id, set); err != nil || !bytes.Equal(b, p) {
+						t.Fatal("begin does not round-trip")
+					}
+				}
 			case fHave:
 				if ids, err := decodeHave(p); err == nil && !bytes.Equal(encodeHave(nil, ids), p) {
 					t.Fatal("have does not round-trip")

@@ -2,6 +2,7 @@ package sync
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
 
@@ -111,6 +112,10 @@ const (
 	codeCancelled uint16 = 7 // the sender is stopping (signal)
 )
 
+// ErrRefused is wrapped by a RemoteError whose code says the standby refused
+// by its state or flags (a promoted set): a guard, not a failure.
+var ErrRefused = errors.New("refused by the standby")
+
 // RemoteError is an error reported by the peer in an Error frame.
 type RemoteError struct {
 	Code uint16
@@ -118,6 +123,9 @@ type RemoteError struct {
 }
 
 func (e *RemoteError) Error() string { return e.Text }
+
+// Is makes a refusal match ErrRefused.
+func (e *RemoteError) Is(target error) bool { return target == ErrRefused && e.Code == codeRefused }
 
 func encodeError(code uint16, text string) []byte {
 	if len(text) > maxErrorText {
@@ -306,4 +314,21 @@ func decodeDelta(p []byte) (delta, error) {
 		return delta{}, fmt.Errorf("%w: delta for %s blob %s of %d bytes (raw %d) exceeds %d", ErrFrame, d.Type, d.ID.Short(), len(d.Data), d.RawLength, max)
 	}
 	return d, nil
+}
+
+// encodeBegin: snapshot ID [32] | set length u8 | set name.
+func encodeBegin(id index.ID, set string) ([]byte, error) {
+	if len(set) > 255 {
+		return nil, fmt.Errorf("set name of %d bytes (at most 255)", len(set))
+	}
+	b := append(make([]byte, 0, 33+len(set)), id[:]...)
+	b = append(b, byte(len(set)))
+	return append(b, set...), nil
+}
+
+func decodeBegin(p []byte) (index.ID, string, error) {
+	if len(p) < 33 || len(p) != 33+int(p[32]) {
+		return index.ID{}, "", fmt.Errorf("%w: begin of %d bytes", ErrFrame, len(p))
+	}
+	return index.ID(p[:32]), string(p[33:]), nil
 }

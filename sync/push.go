@@ -85,6 +85,19 @@ func (s *Session) push(src *chunkstore.Repo, id index.ID, st *PushStats) error {
 	if err != nil {
 		return fmt.Errorf("snapshot %s: %w", id.Short(), err)
 	}
+	begin, err := encodeBegin(id, rec.Set)
+	if err != nil {
+		return err
+	}
+	if err := s.send(fBegin, begin); err != nil {
+		return err
+	}
+	if err := s.flush(); err != nil {
+		return err
+	}
+	if _, err := s.expect(fReady); err != nil {
+		return err
+	}
 	held, err := s.have(st, []index.ID{id})
 	if err != nil {
 		return err

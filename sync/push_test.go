@@ -12,6 +12,7 @@ import (
 	"strings"
 	stdsync "sync"
 	"testing"
+	"time"
 
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
@@ -625,4 +626,45 @@ func TestServeRefusesBadDelta(t *testing.T) {
 	if held := heldBlobs(t, dst); len(held) != 0 {
 		t.Errorf("the standby stored %d blobs from bad input", len(held))
 	}
+}
+
+// TestPushToPromotedSetIsRefused: once the standby is promoted for a set,
+// pushes of that set are refused before anything is sent, and the standby
+// gains nothing; after demote they are accepted again.
+func TestPushToPromotedSetIsRefused(t *testing.T) {
+	base := t.TempDir()
+	src, dst, tree := filepath.Join(base, "src"), filepath.Join(base, "dst"), filepath.Join(base, "tree")
+	initRepo(t, src)
+	initRepo(t, dst)
+	os.Mkdir(tree, 0o755)
+	os.WriteFile(filepath.Join(tree, "f"), []byte("first"), 0o644)
+	push(t, src, dst, take(t, src, tree))
+	at := time.Date(2026, 12, 1, 6, 30, 0, 0, time.UTC)
+	setPromoted := func(when time.Time) {
+		r := openRepo(t, dst, chunkstore.Exclusive)
+		defer r.Close()
+		if err := r.Index().UpdateStandby("test", func(st *index.StandbyState) error { st.Promoted = when; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setPromoted(at)
+	os.WriteFile(filepath.Join(tree, "f"), []byte("second, from an old primary"), 0o644)
+	id := take(t, src, tree)
+	before := heldBlobs(t, dst)
+	st, err := tryPush(src, serveDir(t, dst), id)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "has been promoted at") {
+		t.Fatalf("push to a promoted set: %v", err)
+	}
+	if st.WireOut > 512 || st.DataSent+st.TreesSent != 0 {
+		t.Errorf("a refused push sent %d bytes, %d blobs", st.WireOut, st.DataSent+st.TreesSent)
+	}
+	if after := heldBlobs(t, dst); len(after) != len(before) {
+		t.Errorf("the standby went from %d to %d blobs", len(before), len(after))
+	}
+	if _, ok := rootOf(t, dst, id); ok {
+		t.Error("the refused snapshot is on the standby")
+	}
+	setPromoted(time.Time{})
+	push(t, src, dst, id)
+	checkRepo(t, dst)
 }

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	stdsync "sync"
 	"syscall"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -288,6 +289,15 @@ func (s *server) handle(t byte, p []byte) error {
 			}
 		}
 		return s.send(fHaveReply, encodeHaveReply(held))
+	case fBegin:
+		_, set, err := decodeBegin(p)
+		if err != nil {
+			return err
+		}
+		if err := s.accepts(set); err != nil {
+			return err
+		}
+		return s.send(fReady, nil)
 	case fCommit:
 		id, record, err := decodeCommit(p)
 		if err != nil {
@@ -444,11 +454,27 @@ func (s *server) requireHeld(treeID index.ID, name string, id index.ID) error {
 	return nil
 }
 
+// accepts refuses snapshots of a set this repository was promoted for.
+func (s *server) accepts(set string) error {
+	st, err := s.repo.Index().Standby(set)
+	if err != nil {
+		return err
+	}
+	if !st.Promoted.IsZero() {
+		return &RemoteError{Code: codeRefused, Text: fmt.Sprintf("has been promoted at %s for set %q; it is now a primary (`understudy demote --set %s` there makes it a standby again)",
+			st.Promoted.Local().Format(time.RFC3339), set, set)}
+	}
+	return nil
+}
+
 // commit stores a snapshot record once its root tree is held.
 func (s *server) commit(id index.ID, record []byte) error {
 	rec, err := snapshot.DecodeRecord(record)
 	if err != nil {
 		return &RemoteError{Code: codeBadInput, Text: fmt.Sprintf("snapshot %s: %v", id.Short(), err)}
+	}
+	if err := s.accepts(rec.Set); err != nil {
+		return err
 	}
 	if err := s.requireHeld(id, "/", rec.Root); err != nil {
 		return err
@@ -507,5 +533,9 @@ func (s *server) sendError(err error) error {
 	case errors.Is(err, syscall.ENOSPC):
 		code = codeNoSpace
 	}
-	return s.send(fError, encodeError(code, "standby: "+err.Error()))
+	text := err.Error()
+	if code != codeRefused {
+		text = "standby: " + text
+	}
+	return s.send(fError, encodeError(code, text))
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -70,6 +71,8 @@ type destResult struct {
 	WireIn    int64             `json:"wire_bytes_in"`
 	Duration  float64           `json:"duration_seconds"`
 	Error     string            `json:"error,omitempty"`
+	// Refused: the standby refused by its state (a promoted set), exit 4.
+	Refused bool `json:"refused,omitempty"`
 }
 
 func runPush(ctx context.Context, g *globals, refs []string, opts pushOptions) error {
@@ -106,11 +109,18 @@ func runPush(ctx context.Context, g *globals, refs []string, opts pushOptions) e
 		})
 	}
 	eg.Wait()
-	failed := 0
+	failed, refused := 0, 0
 	for _, r := range results {
 		if r.Error != "" {
 			failed++
 		}
+		if r.Refused {
+			refused++
+		}
+	}
+	code := exitError
+	if refused == failed {
+		code = exitRefused // a guard, not a failure
 	}
 	if g.json {
 		if err := printJSON(g.stdout, results); err != nil {
@@ -124,13 +134,16 @@ func runPush(ctx context.Context, g *globals, refs []string, opts pushOptions) e
 	if failed > 0 {
 		if !g.json {
 			for _, r := range results {
-				if r.Error != "" {
+				switch {
+				case r.Refused:
+					fmt.Fprintf(g.stderr, "understudy: %s\n", r.Error)
+				case r.Error != "":
 					fmt.Fprintf(g.stderr, "understudy: push to %s: %s\n", r.Dest, r.Error)
 				}
 			}
-			return &codedError{code: exitError, err: errReported}
+			return &codedError{code: code, err: errReported}
 		}
-		return fmt.Errorf("push failed for %d of %d standbys", failed, len(results))
+		return &codedError{code: code, err: fmt.Errorf("push failed for %d of %d standbys", failed, len(results))}
 	}
 	return nil
 }
@@ -140,6 +153,11 @@ func pushTo(ctx context.Context, g *globals, repo *chunkstore.Repo, d usync.Dest
 	res := destResult{Dest: d.String()}
 	fail := func(err error) destResult {
 		res.Error = err.Error()
+		var re *usync.RemoteError
+		if errors.Is(err, usync.ErrRefused) && errors.As(err, &re) {
+			res.Refused = true
+			res.Error = d.String() + " " + re.Text // "DEST has been promoted at …"
+		}
 		res.Duration = time.Since(start).Seconds()
 		return res
 	}

@@ -164,6 +164,8 @@ or rolls back any of them.`,
 		newRepairCmd(g),
 		newServeCmd(g),
 		newPushCmd(g),
+		newPromoteCmd(g),
+		newDemoteCmd(g),
 	)
 	return root
 }
