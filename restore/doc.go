@@ -24,4 +24,9 @@
 //	    owner, mode, xattrs, mtime, flags
 //	finisher (one): directories in post-order, once their files are
 //	    written: owner, mode, xattrs, mtime, flags
+//
+// Verify walks a snapshot's trees and a live tree side by side, read only,
+// and reports every difference inside the snapshot's scope: content is
+// checked by hashing each data extent of the live file against its blob ID
+// (no blob is loaded), holes by reading the file's data regions for zeros.
 package restore

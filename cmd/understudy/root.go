@@ -166,6 +166,7 @@ or rolls back any of them.`,
 		newPushCmd(g),
 		newPromoteCmd(g),
 		newDemoteCmd(g),
+		newVerifyCmd(g),
 	)
 	return root
 }
