@@ -22,6 +22,8 @@ type Problem struct {
 
 func (p Problem) Error() string {
 	switch {
+	case p.Blob.IsZero() && p.Pack.IsZero():
+		return p.Err.Error()
 	case p.Blob.IsZero():
 		return fmt.Sprintf("pack %s: %v", p.Pack, p.Err)
 	case p.Pack.IsZero():

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/understudy/understudy/index"
 )
@@ -116,6 +117,12 @@ func (r *Repo) RebuildIndex(ctx context.Context, keep KeepSnapshot, report func(
 		st.Snapshots++
 	}
 
+	// The standby state (promotions) is in no pack: carry it over from the
+	// old index when that can still be read.
+	if err := r.carryStandbyState(idx); err != nil {
+		report(Problem{Err: fmt.Errorf("the standby state (promoted sets) could not be carried over from the old index: %w; promote those sets again", err)})
+	}
+
 	// Swap: the new index is complete and synced (bbolt syncs each commit).
 	if err := idx.Close(); err != nil {
 		return st, err
@@ -139,6 +146,38 @@ func (r *Repo) RebuildIndex(ctx context.Context, keep KeepSnapshot, report func(
 	}
 	r.idx, err = index.Open(cur, index.Options{})
 	return st, err
+}
+
+// carryStandbyState copies every set's standby state from the current index,
+// open or (when it could not be opened) opened read-only here, into idx.
+func (r *Repo) carryStandbyState(idx *index.DB) (err error) {
+	defer func() {
+		// A damaged bbolt file can make bbolt panic while reading.
+		if p := recover(); p != nil {
+			err = fmt.Errorf("reading the old index: %v", p)
+		}
+	}()
+	old := r.idx
+	if old == nil {
+		path := filepath.Join(r.dir, "index.db")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if old, err = index.Open(path, index.Options{ReadOnly: true, Timeout: time.Second}); err != nil {
+			return err
+		}
+		defer old.Close()
+	}
+	states, err := old.StandbyStates()
+	if err != nil {
+		return err
+	}
+	for set, st := range states {
+		if err := idx.UpdateStandby(set, func(s *index.StandbyState) error { *s = st; return nil }); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readPackFile reads a whole pack, checks that it hashes to id, and returns

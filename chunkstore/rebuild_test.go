@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/understudy/understudy/index"
 )
@@ -84,7 +86,8 @@ func TestRebuildIndexFromPacks(t *testing.T) {
 	}
 	var problems []Problem
 	st, err := r2.RebuildIndex(ctx, keepAll, func(p Problem) { problems = append(problems, p) })
-	if err != nil || len(problems) > 0 {
+	// The one problem: the garbage index's standby state is lost.
+	if err != nil || len(problems) != 1 || !strings.Contains(problems[0].Error(), "promote those sets again") {
 		t.Fatalf("rebuild: %v %v", err, problems)
 	}
 	gotBlobs, gotSnaps := snapshotIndex(t, r2.Index())
@@ -139,5 +142,32 @@ func TestRebuildIndexFromPacks(t *testing.T) {
 	}
 	if len(gotSnaps) != 0 {
 		t.Fatal("a rejected snapshot was indexed")
+	}
+}
+
+// TestRebuildKeepsStandbyState: the promotions recorded in the index, which
+// no pack holds, survive a rebuild from the packs.
+func TestRebuildKeepsStandbyState(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "repo")
+	if _, err := Init(dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(dir, OpenOptions{Mode: Exclusive})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	at := time.Date(2026, 12, 1, 6, 0, 0, 0, time.UTC)
+	if err := r.Index().UpdateStandby("os", func(st *index.StandbyState) error { st.Promoted = at; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var problems []Problem
+	if _, err := r.RebuildIndex(context.Background(), func(*index.DB, func(index.ID) ([]byte, error), index.ID, []byte) error { return nil },
+		func(p Problem) { problems = append(problems, p) }); err != nil || len(problems) > 0 {
+		t.Fatalf("rebuild: %v %v", err, problems)
+	}
+	st, err := r.Index().Standby("os")
+	if err != nil || !st.Promoted.Equal(at) {
+		t.Fatalf("after the rebuild: %+v %v, want promoted at %v", st, err, at)
 	}
 }

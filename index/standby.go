@@ -76,3 +76,23 @@ func decodeStandby(set string, v []byte, st *StandbyState) error {
 	}
 	return nil
 }
+
+// StandbyStates returns the state of every set that has one.
+func (db *DB) StandbyStates() (map[string]StandbyState, error) {
+	states := map[string]StandbyState{}
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketStandby)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var st StandbyState
+			if err := decodeStandby(string(k), v, &st); err != nil {
+				return err
+			}
+			states[string(k)] = st
+			return nil
+		})
+	})
+	return states, err
+}
