@@ -16,86 +16,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BENCH_DIR=${BENCH_DIR:-/var/tmp/understudy-bench}
-marker=.understudy-bench  # marks a directory this script may wipe
 tools=(understudy restic borg rsync)
 invocation="bash bench/compare.sh $*"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
-die() { echo "compare.sh: $*" >&2; exit 1; }
-say() { echo "== $*"; }
-gib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 2^30 }'; }
 usage() {
   echo "usage: bash bench/compare.sh usr | copy DIR | small [N] | rss [N...]" >&2
   exit 2
 }
-is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
-# need_tools COMMAND=PACKAGE...: installs the packages whose command is
-# missing.
-need_tools() {
-  command -v go >/dev/null || die "go is not on PATH; install Go 1.26"
-  local missing=() pair
-  for pair in "$@"; do
-    command -v "${pair%%=*}" >/dev/null || missing+=("${pair#*=}")
-  done
-  [ ${#missing[@]} -eq 0 ] && return
-  [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}; install them or run as root"
-  say "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; }
-}
-
-# prepare wipes and recreates $BENCH_DIR, refusing a directory that holds
-# something this script did not make.
+# prepare wipes and recreates $BENCH_DIR and the files of this run.
 prepare() {
-  [[ $BENCH_DIR == /?* ]] || die "BENCH_DIR must be an absolute path other than /, not '$BENCH_DIR'"
-  if [ -e "$BENCH_DIR" ]; then
-    [ -d "$BENCH_DIR" ] || die "BENCH_DIR $BENCH_DIR is not a directory"
-    if [ -n "$(ls -A "$BENCH_DIR")" ] && [ ! -e "$BENCH_DIR/$marker" ]; then
-      die "$BENCH_DIR is not empty and was not made by compare.sh; empty it or set BENCH_DIR"
-    fi
-    say "wiping $BENCH_DIR"
-    rm -rf -- "$BENCH_DIR"
-  fi
-  mkdir -p "$BENCH_DIR/logs" "$BENCH_DIR/cache"
-  touch "$BENCH_DIR/$marker"
+  wipe_bench_dir
+  mkdir -p "$BENCH_DIR/cache"
   raw=$BENCH_DIR/raw.txt    # PHASE LABEL wall user sys rss_kib, one line per run
   sizes=$BENCH_DIR/sizes.txt # PHASE LABEL bytes
   : >"$raw"
   : >"$sizes"
-  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-}
-
-# need_space BYTES INODES WHAT fails unless $BENCH_DIR's filesystem has that
-# much room.
-need_space() {
-  local avail inodes
-  avail=$(df -B1 --output=avail "$BENCH_DIR" | tail -n 1 | tr -d ' ')
-  inodes=$(df --output=iavail "$BENCH_DIR" | tail -n 1 | tr -d ' ')
-  if [ "$avail" -lt "$1" ]; then
-    die "$3 needs about $(gib "$1") GiB free in $BENCH_DIR, which has $(gib "$avail") GiB; free some or set BENCH_DIR"
-  fi
-  if [[ $inodes =~ ^[0-9]+$ ]] && [ "$inodes" -gt 0 ] && [ "$inodes" -lt "$2" ]; then
-    die "$3 needs about $2 free inodes in $BENCH_DIR, which has $inodes; set BENCH_DIR to another filesystem"
-  fi
-}
-
-build() {
-  say "building understudy and gentree"
-  go build -o "$BENCH_DIR/understudy" ./cmd/understudy
-  go build -o "$BENCH_DIR/gentree" ./bench/gentree
-  us=$BENCH_DIR/understudy
-  gentree=$BENCH_DIR/gentree
-  revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
-    revision="$revision+changes"
-  fi
-}
-
-# warm PATH... reads every file and inode below PATH so that the next run
-# finds them in the page cache (GNU tar skips reading when it writes
-# straight to /dev/null, hence cat).
-warm() {
-  tar -cf - "$@" 2>/dev/null | cat >/dev/null || true
 }
 
 # measure PHASE LABEL DIR COMMAND...: runs COMMAND in DIR under
@@ -128,19 +66,6 @@ record_size() {
   b=$(du -sb "$3" | cut -f1)
   echo "$1 $2 $b" >>"$sizes"
   awk -v p="$1" -v l="$2" -v b="$b" 'BEGIN { printf "   %-10s %-10s %10.1f MiB stored\n", p, l, b / 2^20 }'
-}
-
-count_files() { find "$1" -type f | wc -l; }
-
-# describe prints the lines that head a results file.
-describe() {
-  local cpu mem
-  cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//' || echo unknown)
-  mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 2^20 }' /proc/meminfo)
-  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), \`$invocation\`, understudy $revision, $(go version | cut -d' ' -f3)"
-  echo "machine: $(nproc) × $cpu, $mem RAM, Linux $(uname -r)," \
-    "$(findmnt -no FSTYPE -T "$BENCH_DIR" 2>/dev/null || echo '?') under $BENCH_DIR;" \
-    "load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
 }
 
 # ---- understudy, restic, borg and rsync on one corpus --------------------

@@ -19,52 +19,24 @@ cd "$(dirname "$0")/.."
 BENCH_DIR=${BENCH_DIR:-/var/tmp/understudy-bench-push}
 BENCH_DIR=${BENCH_DIR%/}
 read -r -a push_opts <<<"${PUSH_OPTS:-}"
-marker=.understudy-bench  # marks a directory a bench script may wipe
 invocation="bash bench/push.sh $*"
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 sshd_pid='' sshd_log=''
 unset SSH_AUTH_SOCK # only the keys made here
 
-# The helpers up to describe follow compare.sh's.
-die() { echo "push.sh: $*" >&2; exit 1; }
-say() { echo "== $*"; }
-gib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 2^30 }'; }
 usage() {
   echo "usage: bash bench/push.sh usr | copy DIR | small [N]" >&2
   exit 2
 }
-is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
-# need_tools COMMAND=PACKAGE...: installs the packages whose command is
-# missing.
-need_tools() {
-  command -v go >/dev/null || die "go is not on PATH; install Go 1.26"
-  local missing=() pair
-  for pair in "$@"; do
-    command -v "${pair%%=*}" >/dev/null || missing+=("${pair#*=}")
-  done
-  [ ${#missing[@]} -eq 0 ] && return
-  say "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; }
-}
-
-# prepare wipes and recreates $BENCH_DIR, refusing a directory that holds
-# something this script did not make.
+# prepare wipes and recreates $BENCH_DIR and the files of this run.
 prepare() {
   # The paths go unquoted into authorized_keys, an ssh URL and rsync's
   # remote command line.
   [[ $BENCH_DIR =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
     die "BENCH_DIR must be an absolute path other than / of letters, digits and . _ / + -, not '$BENCH_DIR'"
-  if [ -e "$BENCH_DIR" ]; then
-    [ -d "$BENCH_DIR" ] || die "BENCH_DIR $BENCH_DIR is not a directory"
-    if [ -n "$(ls -A "$BENCH_DIR")" ] && [ ! -e "$BENCH_DIR/$marker" ]; then
-      die "$BENCH_DIR is not empty and was not made by a bench script; empty it or set BENCH_DIR"
-    fi
-    say "wiping $BENCH_DIR"
-    rm -rf -- "$BENCH_DIR"
-  fi
-  mkdir -p "$BENCH_DIR/logs" "$BENCH_DIR/bin"
-  touch "$BENCH_DIR/$marker"
+  wipe_bench_dir
   # PHASE TOOL wall user sys rss_kib proto_out proto_in ssh_bytes lo_bytes,
   # then the standby's wall user sys rss_kib ("-" where unknown); one line
   # per run
@@ -76,53 +48,6 @@ prepare() {
   : >"$snaps"
   : >"$sizes"
   : >"$notes"
-  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-}
-
-# need_space BYTES INODES WHAT fails unless $BENCH_DIR's filesystem has that
-# much room.
-need_space() {
-  local avail inodes
-  avail=$(df -B1 --output=avail "$BENCH_DIR" | tail -n 1 | tr -d ' ')
-  inodes=$(df --output=iavail "$BENCH_DIR" | tail -n 1 | tr -d ' ')
-  if [ "$avail" -lt "$1" ]; then
-    die "$3 needs about $(gib "$1") GiB free in $BENCH_DIR, which has $(gib "$avail") GiB; free some or set BENCH_DIR"
-  fi
-  if [[ $inodes =~ ^[0-9]+$ ]] && [ "$inodes" -gt 0 ] && [ "$inodes" -lt "$2" ]; then
-    die "$3 needs about $2 free inodes in $BENCH_DIR, which has $inodes; set BENCH_DIR to another filesystem"
-  fi
-}
-
-build() {
-  say "building understudy and gentree"
-  go build -o "$BENCH_DIR/bin/understudy" ./cmd/understudy
-  go build -o "$BENCH_DIR/bin/gentree" ./bench/gentree
-  us=$BENCH_DIR/bin/understudy
-  gentree=$BENCH_DIR/bin/gentree
-  revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  if [ -n "$(git status --porcelain 2>/dev/null)" ]; then
-    revision="$revision-dirty"
-  fi
-}
-
-# warm PATH... reads every file and inode below PATH so that the next run
-# finds them in the page cache (GNU tar skips reading when it writes
-# straight to /dev/null, hence cat).
-warm() {
-  tar -cf - "$@" 2>/dev/null | cat >/dev/null || true
-}
-
-count_files() { find "$1" -type f | wc -l; }
-
-# describe prints the lines that head a results file.
-describe() {
-  local cpu mem
-  cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//' || echo unknown)
-  mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 2^20 }' /proc/meminfo)
-  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), \`$invocation\`, understudy $revision, $(go version | cut -d' ' -f3)"
-  echo "machine: $(nproc) × $cpu, $mem RAM, Linux $(uname -r)," \
-    "$(findmnt -no FSTYPE -T "$BENCH_DIR" 2>/dev/null || echo '?') under $BENCH_DIR;" \
-    "load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
 }
 
 # ---- the sshd ---------------------------------------------------------------

@@ -156,15 +156,11 @@ func (r *Repo) LoadBlob(id index.ID, buf []byte) ([]byte, error) {
 
 // LoadAt reads blob id from the given location and verifies it.
 func (r *Repo) LoadAt(id index.ID, loc index.Location, buf []byte) ([]byte, error) {
-	entry := PackEntry{ID: id, Type: loc.Type, Compression: loc.Compression, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength}
-	if err := entry.validate(); err != nil {
-		return nil, &BlobError{ID: id, Pack: loc.Pack, Err: fmt.Errorf("bad index entry: %w", err)}
+	sb, err := r.ReadStored(id, loc, nil)
+	if err != nil {
+		return nil, err
 	}
-	stored := make([]byte, loc.Length)
-	if err := r.packs.readAt(loc.Pack, stored, int64(loc.Offset)); err != nil {
-		return nil, &BlobError{ID: id, Pack: loc.Pack, Err: fmt.Errorf("read: %w", err)}
-	}
-	data, err := r.codec.decode(stored, loc.Compression, loc.RawLength, buf)
+	data, err := r.codec.decode(sb.Data, loc.Compression, loc.RawLength, buf)
 	if err != nil {
 		return nil, &BlobError{ID: id, Pack: loc.Pack, Err: err}
 	}

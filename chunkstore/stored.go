@@ -62,38 +62,10 @@ func (r *Repo) VerifyStored(b StoredBlob, buf []byte) ([]byte, error) {
 // it is pending. Like Save, it returns once the blob is in an open pack, and
 // reports whether it was added. b.Data is not retained.
 func (u *Uploader) SaveStored(ctx context.Context, b StoredBlob) (bool, error) {
-	if err := u.failed(); err != nil {
-		return false, err
-	}
 	if b.Type == index.SnapshotBlob {
 		return false, fmt.Errorf("blob %s: snapshot records are saved by Flush", b.ID.Short())
 	}
-	p, err := u.claim(b.ID)
-	if err != nil || p == nil {
-		return false, err
-	}
-	if p.ready != nil {
-		select {
-		case <-p.ready:
-		case <-ctx.Done():
-			return false, ctx.Err()
-		}
-		return false, u.failed()
-	}
-	u.mu.Lock()
-	err = u.appendLocked(b.Type, b.ID, b.Data, b.Compression, b.RawLength)
-	u.mu.Unlock()
-	u.pmu.Lock()
-	pb := u.pending[b.ID]
-	u.pmu.Unlock()
-	close(pb.ready)
-	if err != nil {
-		u.setErr(err)
-		return false, err
-	}
-	u.BlobsAdded.Add(1)
-	u.BytesAdded.Add(int64(len(b.Data)))
-	u.RawAdded.Add(int64(b.RawLength))
-	u.backpressure()
-	return true, nil
+	return u.save(ctx, b.ID, func() error {
+		return u.appendClaimed(b.Type, b.ID, b.Data, b.Compression, b.RawLength)
+	})
 }

@@ -111,11 +111,17 @@ func (u *Uploader) Has(id index.ID) (bool, error) {
 // pack (so that a tree naming it may be saved after it), and reports whether
 // it was added. raw is not retained.
 func (u *Uploader) Save(ctx context.Context, t index.BlobType, id index.ID, raw []byte) (bool, error) {
-	if err := u.failed(); err != nil {
-		return false, err
-	}
 	if len(raw) > int(MaxRaw(t)) {
 		return false, fmt.Errorf("blob %s: %d bytes exceeds the %d byte maximum for %s blobs", id.Short(), len(raw), MaxRaw(t), t)
+	}
+	return u.save(ctx, id, func() error { return u.add(t, id, raw) })
+}
+
+// save claims id and, if this caller must add it, calls add, which appends
+// the blob to an open pack and releases the claim.
+func (u *Uploader) save(ctx context.Context, id index.ID, add func() error) (bool, error) {
+	if err := u.failed(); err != nil {
+		return false, err
 	}
 	p, err := u.claim(id)
 	if err != nil || p == nil {
@@ -129,7 +135,7 @@ func (u *Uploader) Save(ctx context.Context, t index.BlobType, id index.ID, raw 
 		}
 		return false, u.failed()
 	}
-	if err := u.add(t, id, raw); err != nil {
+	if err := add(); err != nil {
 		return false, err
 	}
 	u.backpressure()
@@ -168,13 +174,20 @@ func (u *Uploader) add(t index.BlobType, id index.ID, raw []byte) error {
 	if comp == index.Zstd {
 		*bp = stored
 	}
+	err := u.appendClaimed(t, id, stored, comp, uint32(len(raw)))
+	u.bufs.Put(bp)
+	return err
+}
+
+// appendClaimed appends a claimed blob to the open pack of its kind, releases
+// the claim and counts it.
+func (u *Uploader) appendClaimed(t index.BlobType, id index.ID, stored []byte, comp index.Compression, rawLen uint32) error {
 	u.mu.Lock()
-	err := u.appendLocked(t, id, stored, comp, uint32(len(raw)))
+	err := u.appendLocked(t, id, stored, comp, rawLen)
 	u.mu.Unlock()
 	u.pmu.Lock()
 	p := u.pending[id]
 	u.pmu.Unlock()
-	u.bufs.Put(bp)
 	close(p.ready)
 	if err != nil {
 		u.setErr(err)
@@ -182,7 +195,7 @@ func (u *Uploader) add(t index.BlobType, id index.ID, raw []byte) error {
 	}
 	u.BlobsAdded.Add(1)
 	u.BytesAdded.Add(int64(len(stored)))
-	u.RawAdded.Add(int64(len(raw)))
+	u.RawAdded.Add(int64(rawLen))
 	return nil
 }
 

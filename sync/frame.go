@@ -46,34 +46,34 @@ const (
 	maxCommit      = 32 + 16<<20 // a snapshot record is small JSON
 )
 
-// maxPayload returns the largest payload a frame of type t may declare, 0
-// for an unknown type.
-func maxPayload(t byte) uint32 {
+// maxPayload returns the largest payload a frame of type t may declare, and
+// whether t is a frame type at all.
+func maxPayload(t byte) (uint32, bool) {
 	switch t {
 	case fHello:
-		return uint32(helloSize)
+		return uint32(helloSize), true
 	case fWelcome:
-		return welcomeMax
+		return welcomeMax, true
 	case fError:
-		return 2 + 2 + maxErrorText
+		return 2 + 2 + maxErrorText, true
 	case fBegin:
-		return 32 + 1 + 255
+		return 32 + 1 + 255, true
 	case fReady:
-		return 0
+		return 0, true
 	case fHave:
-		return 4 + 32*maxHaveIDs
+		return 4 + 32*maxHaveIDs, true
 	case fHaveReply:
-		return 4 + maxHaveIDs/8
+		return 4 + maxHaveIDs/8, true
 	case fBlob:
-		return maxBlobPayload
+		return maxBlobPayload, true
 	case fDelta:
-		return deltaHeader + chunkstore.MaxTreeBlob
+		return deltaHeader + chunkstore.MaxTreeBlob, true
 	case fCommit:
-		return maxCommit
+		return maxCommit, true
 	case fCommitted:
-		return committedSize
+		return committedSize, true
 	}
-	return 0
+	return 0, false
 }
 
 // ErrFrame is wrapped by every error about a malformed frame.
@@ -101,8 +101,8 @@ func (fr *frameReader) next(buf []byte) (byte, []byte, error) {
 	}
 	t := fr.hdr[0]
 	n := binary.BigEndian.Uint32(fr.hdr[1:])
-	limit := maxPayload(t)
-	if limit == 0 && t != fReady {
+	limit, known := maxPayload(t)
+	if !known {
 		return 0, nil, fmt.Errorf("%w: unknown frame type 0x%02x", ErrFrame, t)
 	}
 	if n > limit {

@@ -85,9 +85,10 @@ func Serve(ctx context.Context, open func() (*chunkstore.Repo, error), r io.Read
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	s.cancel = cancel
 	s.ctx = ctx
 	s.up = repo.NewUploader()
-	s.startVerifiers(cancel)
+	s.startVerifiers()
 	defer func() {
 		// Commit what arrived, whatever ended the session.
 		close(s.jobs)
@@ -108,12 +109,13 @@ func Serve(ctx context.Context, open func() (*chunkstore.Repo, error), r io.Read
 var errPeerGone = errors.New("client went away")
 
 type server struct {
-	ctx  context.Context
-	fr   frameReader
-	bw   *bufio.Writer
-	opts ServeOptions
-	repo *chunkstore.Repo
-	up   *chunkstore.Uploader
+	ctx    context.Context
+	cancel context.CancelCauseFunc // ends the session on a blob's error
+	fr     frameReader
+	bw     *bufio.Writer
+	opts   ServeOptions
+	repo   *chunkstore.Repo
+	up     *chunkstore.Uploader
 
 	treeDD    deltaDecoder // for tree deltas, decoded by the frame loop itself
 	jobs      chan blobJob
@@ -140,7 +142,7 @@ func putFrameBuf(bp *[]byte) {
 	}
 }
 
-func (s *server) startVerifiers(cancel context.CancelCauseFunc) {
+func (s *server) startVerifiers() {
 	n := runtime.GOMAXPROCS(0)
 	s.jobs = make(chan blobJob, 2*n)
 	for range n {
@@ -153,7 +155,7 @@ func (s *server) startVerifiers(cancel context.CancelCauseFunc) {
 			for job := range s.jobs {
 				if job.delta != nil {
 					if s.failed() == nil {
-						s.note(s.saveDelta(&dd, job.delta), cancel)
+						s.note(s.saveDelta(&dd, job.delta))
 					}
 				} else if s.failed() == nil {
 					raw, err := s.repo.VerifyStored(job.sb, scratch)
@@ -163,7 +165,7 @@ func (s *server) startVerifiers(cancel context.CancelCauseFunc) {
 					if job.sb.Compression != index.Raw {
 						scratch = raw // a raw blob's content is the frame buffer itself
 					}
-					s.note(err, cancel)
+					s.note(err)
 				}
 				putFrameBuf(job.buf)
 				s.inflight.Done()
@@ -172,8 +174,9 @@ func (s *server) startVerifiers(cancel context.CancelCauseFunc) {
 	}
 }
 
-// note records the first error of a verifier, or counts a verified blob.
-func (s *server) note(err error, cancel context.CancelCauseFunc) {
+// note records the first error of a blob's verification or storing, which
+// ends the session, or counts a verified blob.
+func (s *server) note(err error) {
 	s.errMu.Lock()
 	defer s.errMu.Unlock()
 	if err == nil {
@@ -182,7 +185,7 @@ func (s *server) note(err error, cancel context.CancelCauseFunc) {
 	}
 	if s.err == nil {
 		s.err = err
-		cancel(err)
+		s.cancel(err)
 	}
 }
 
@@ -216,59 +219,52 @@ func (s *server) loop() error {
 			return fmt.Errorf("%w: %w", errPeerGone, err)
 		}
 		*bp = p
-		if t == fDelta {
-			d, err := decodeDelta(p)
-			if err != nil {
-				putFrameBuf(bp)
-				return err
-			}
-			if d.Type == index.TreeBlob {
-				err = s.saveTreeDelta(&d)
-				putFrameBuf(bp)
-				if err != nil {
-					return err
-				}
-				continue
-			}
-			s.inflight.Add(1)
-			select {
-			case s.jobs <- blobJob{buf: bp, delta: &d}:
-			case <-s.ctx.Done():
-				s.inflight.Done()
-				putFrameBuf(bp)
-				return context.Cause(s.ctx)
-			}
-			continue
-		}
-		if t == fBlob {
-			sb, err := decodeBlob(p)
-			if err != nil {
-				putFrameBuf(bp)
-				return err
-			}
-			if sb.Type == index.DataBlob {
-				s.inflight.Add(1)
-				select {
-				case s.jobs <- blobJob{buf: bp, sb: sb}:
-				case <-s.ctx.Done():
-					s.inflight.Done()
-					putFrameBuf(bp)
-					return context.Cause(s.ctx)
-				}
-				continue
-			}
-			err = s.saveTree(sb)
+		handed, err := s.dispatch(bp, t, p)
+		if !handed {
 			putFrameBuf(bp)
-			if err != nil {
-				return err
-			}
-			continue
 		}
-		err = s.handle(t, p)
-		putFrameBuf(bp)
 		if err != nil {
 			return err
 		}
+	}
+}
+
+// dispatch acts on one frame. Data blobs go to the verifiers with their
+// frame buffer (handed is then true); everything else is done here, in
+// order.
+func (s *server) dispatch(bp *[]byte, t byte, p []byte) (handed bool, err error) {
+	switch t {
+	case fBlob:
+		sb, err := decodeBlob(p)
+		if err != nil {
+			return false, err
+		}
+		if sb.Type == index.DataBlob {
+			return s.verify(blobJob{buf: bp, sb: sb})
+		}
+		return false, s.saveTree(sb)
+	case fDelta:
+		d, err := decodeDelta(p)
+		if err != nil {
+			return false, err
+		}
+		if d.Type == index.DataBlob {
+			return s.verify(blobJob{buf: bp, delta: &d})
+		}
+		return false, s.saveTreeDelta(&d)
+	}
+	return false, s.handle(t, p)
+}
+
+// verify hands a data blob to the verifiers.
+func (s *server) verify(job blobJob) (bool, error) {
+	s.inflight.Add(1)
+	select {
+	case s.jobs <- job:
+		return true, nil
+	case <-s.ctx.Done():
+		s.inflight.Done()
+		return false, context.Cause(s.ctx)
 	}
 }
 
@@ -439,7 +435,7 @@ func (s *server) storeTree(id index.ID, raw []byte, save func() error) error {
 		}
 	}
 	err = save()
-	s.note(err, func(error) {})
+	s.note(err)
 	return err
 }
 

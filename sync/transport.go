@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	stdsync "sync"
 	"time"
@@ -79,11 +80,9 @@ func Dial(ctx context.Context, d Dest, opts DialOptions) (Conn, error) {
 		}
 		argv = []string{self, "serve"}
 	}
-	argv = append(slicesClone(argv), "--repo", d.Path)
+	argv = append(slices.Clone(argv), "--repo", d.Path)
 	return startLocal(argv, opts.Stderr)
 }
-
-func slicesClone(s []string) []string { return append([]string(nil), s...) }
 
 // procConn is a child serve process on a pipe.
 type procConn struct {

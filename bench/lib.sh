@@ -1,0 +1,91 @@
+# shellcheck shell=bash
+# Helpers shared by compare.sh and push.sh; sourced, not run. The caller
+# sets BENCH_DIR and invocation ("bash bench/NAME.sh ARGS") first.
+
+marker=.understudy-bench # marks a directory a bench script may wipe
+script=${0##*/}
+
+die() { echo "$script: $*" >&2; exit 1; }
+say() { echo "== $*"; }
+gib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 2^30 }'; }
+is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+count_files() { find "$1" -type f | wc -l; }
+
+# need_tools COMMAND=PACKAGE...: installs the packages whose command is
+# missing.
+need_tools() {
+  command -v go >/dev/null || die "go is not on PATH; install Go 1.26"
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%=*}" >/dev/null || missing+=("${pair#*=}")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  [ "$(id -u)" = 0 ] || die "missing packages ${missing[*]}; install them or run as root"
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y "${missing[@]}" || { apt-get update && apt-get install -y "${missing[@]}"; }
+}
+
+# wipe_bench_dir wipes and recreates $BENCH_DIR with logs/ and bin/,
+# refusing a directory that holds something no bench script made, and
+# notes the load average before the run.
+wipe_bench_dir() {
+  [[ $BENCH_DIR == /?* ]] || die "BENCH_DIR must be an absolute path other than /, not '$BENCH_DIR'"
+  if [ -e "$BENCH_DIR" ]; then
+    [ -d "$BENCH_DIR" ] || die "BENCH_DIR $BENCH_DIR is not a directory"
+    if [ -n "$(ls -A "$BENCH_DIR")" ] && [ ! -e "$BENCH_DIR/$marker" ]; then
+      die "$BENCH_DIR is not empty and was not made by a bench script; empty it or set BENCH_DIR"
+    fi
+    say "wiping $BENCH_DIR"
+    rm -rf -- "$BENCH_DIR"
+  fi
+  mkdir -p "$BENCH_DIR/logs" "$BENCH_DIR/bin"
+  touch "$BENCH_DIR/$marker"
+  load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+}
+
+# need_space BYTES INODES WHAT fails unless $BENCH_DIR's filesystem has that
+# much room.
+need_space() {
+  local avail inodes
+  avail=$(df -B1 --output=avail "$BENCH_DIR" | tail -n 1 | tr -d ' ')
+  inodes=$(df --output=iavail "$BENCH_DIR" | tail -n 1 | tr -d ' ')
+  if [ "$avail" -lt "$1" ]; then
+    die "$3 needs about $(gib "$1") GiB free in $BENCH_DIR, which has $(gib "$avail") GiB; free some or set BENCH_DIR"
+  fi
+  if [[ $inodes =~ ^[0-9]+$ ]] && [ "$inodes" -gt 0 ] && [ "$inodes" -lt "$2" ]; then
+    die "$3 needs about $2 free inodes in $BENCH_DIR, which has $inodes; set BENCH_DIR to another filesystem"
+  fi
+}
+
+# build builds understudy and gentree into $BENCH_DIR/bin ($us, $gentree)
+# and names the revision, "+changes" when tracked files differ from HEAD.
+build() {
+  say "building understudy and gentree"
+  us=$BENCH_DIR/bin/understudy
+  gentree=$BENCH_DIR/bin/gentree
+  go build -o "$us" ./cmd/understudy
+  go build -o "$gentree" ./bench/gentree
+  revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    revision="$revision+changes"
+  fi
+}
+
+# warm PATH... reads every file and inode below PATH so that the next run
+# finds them in the page cache (GNU tar skips reading when it writes
+# straight to /dev/null, hence cat).
+warm() {
+  tar -cf - "$@" 2>/dev/null | cat >/dev/null || true
+}
+
+# describe prints the lines that head a results file.
+describe() {
+  local cpu mem
+  cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//' || echo unknown)
+  mem=$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 2^20 }' /proc/meminfo)
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), \`${invocation:?}\`, understudy $revision, $(go version | cut -d' ' -f3)"
+  echo "machine: $(nproc) × $cpu, $mem RAM, Linux $(uname -r)," \
+    "$(findmnt -no FSTYPE -T "$BENCH_DIR" 2>/dev/null || echo '?') under $BENCH_DIR;" \
+    "load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
+}
