@@ -89,3 +89,40 @@ describe() {
     "$(findmnt -no FSTYPE -T "$BENCH_DIR" 2>/dev/null || echo '?') under $BENCH_DIR;" \
     "load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after"
 }
+
+# fail_logs WHY BASE stops the script with WHY after the last lines of
+# BASE.out, BASE.err and BASE.log, those that are not empty.
+fail_logs() {
+  local f
+  for f in "$2.out" "$2.err" "$2.log"; do
+    [ -s "$f" ] || continue
+    echo "--- $f (last 20 lines):" >&2
+    tail -n 20 "$f" >&2
+  done
+  die "$1"
+}
+
+# timed PHASE LABEL COMMAND... runs COMMAND in $BENCH_DIR under
+# /usr/bin/time, after a sync so that no earlier writes are flushed during
+# the run; its output goes to logs/PHASE-LABEL.out and .err, the times to
+# .time. It sets base to logs/PHASE-LABEL and rc to the exit status.
+# shellcheck disable=SC2034 # rc is for the caller
+timed() {
+  local phase=$1 label=$2
+  shift 2
+  base=$BENCH_DIR/logs/$phase-$label
+  rc=0
+  sync
+  (cd "$BENCH_DIR" && exec /usr/bin/time -f '%e %U %S %M' -o "$base.time" "$@") >"$base.out" 2>"$base.err" || rc=$?
+}
+
+# record PHASE LABEL appends "PHASE LABEL wall user sys rss_kib" of the
+# last timed run to $rows and prints it, the phase in a column WIDTH wide.
+# shellcheck disable=SC2154 # rows is the caller's
+record() {
+  local phase=$1 label=$2 width=$3 wall user sys rss
+  read -r wall user sys rss < <(tail -n 1 "$base.time")
+  echo "$phase $label $wall $user $sys $rss" >>"$rows"
+  awk -v p="$phase" -v l="$label" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v pw="$width" \
+    'BEGIN { printf "   %-*s %-10s %8.2f s wall %8.2f s CPU %7.1f MiB peak RSS\n", pw, p, l, w, u + s, r / 1024 }'
+}

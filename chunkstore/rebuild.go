@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"time"
 
 	"github.com/understudy/understudy/index"
@@ -120,7 +121,7 @@ func (r *Repo) RebuildIndex(ctx context.Context, keep KeepSnapshot, report func(
 	// The standby state (promotions) is in no pack: carry it over from the
 	// old index when that can still be read.
 	if err := r.carryStandbyState(idx); err != nil {
-		report(Problem{Err: fmt.Errorf("the standby state (promoted sets) could not be carried over from the old index: %w; promote those sets again", err)})
+		report(Problem{Err: fmt.Errorf("the standby state (promoted sets) or the primary state could not be carried over from the old index: %w; promote those sets again", err)})
 	}
 
 	// Swap: the new index is complete and synced (bbolt syncs each commit).
@@ -148,9 +149,14 @@ func (r *Repo) RebuildIndex(ctx context.Context, keep KeepSnapshot, report func(
 	return st, err
 }
 
-// carryStandbyState copies every set's standby state from the current index,
+// carryStandbyState copies every set's standby and primary state from the
+// current index,
 // open or (when it could not be opened) opened read-only here, into idx.
 func (r *Repo) carryStandbyState(idx *index.DB) (err error) {
+	// bbolt reads the old file through a memory mapping: a fault on a
+	// damaged page becomes a panic of this goroutine, recovered below,
+	// instead of killing the process.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		// A damaged bbolt file can make bbolt panic while reading.
 		if p := recover(); p != nil {
@@ -174,6 +180,17 @@ func (r *Repo) carryStandbyState(idx *index.DB) (err error) {
 	}
 	for set, st := range states {
 		if err := idx.UpdateStandby(set, func(s *index.StandbyState) error { *s = st; return nil }); err != nil {
+			return err
+		}
+	}
+	// What this host did as a primary (last runs, pushes) is only for
+	// status, but losing it would show every standby as never pushed.
+	primary, err := old.PrimaryStates()
+	if err != nil {
+		return err
+	}
+	for set, st := range primary {
+		if err := idx.UpdatePrimary(set, func(s *index.PrimaryState) error { *s = st; return nil }); err != nil {
 			return err
 		}
 	}

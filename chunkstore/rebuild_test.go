@@ -145,8 +145,8 @@ func TestRebuildIndexFromPacks(t *testing.T) {
 	}
 }
 
-// TestRebuildKeepsStandbyState: the promotions recorded in the index, which
-// no pack holds, survive a rebuild from the packs.
+// TestRebuildKeepsStandbyState: the promotions and last runs recorded in the
+// index, which no pack holds, survive a rebuild from the packs.
 func TestRebuildKeepsStandbyState(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "repo")
 	if _, err := Init(dir, InitOptions{}); err != nil {
@@ -161,6 +161,9 @@ func TestRebuildKeepsStandbyState(t *testing.T) {
 	if err := r.Index().UpdateStandby("os", func(st *index.StandbyState) error { st.Promoted = at; return nil }); err != nil {
 		t.Fatal(err)
 	}
+	if err := r.Index().UpdatePrimary("accounts", func(st *index.PrimaryState) error { st.LastRun = at; return nil }); err != nil {
+		t.Fatal(err)
+	}
 	var problems []Problem
 	if _, err := r.RebuildIndex(context.Background(), func(*index.DB, func(index.ID) ([]byte, error), index.ID, []byte) error { return nil },
 		func(p Problem) { problems = append(problems, p) }); err != nil || len(problems) > 0 {
@@ -169,5 +172,8 @@ func TestRebuildKeepsStandbyState(t *testing.T) {
 	st, err := r.Index().Standby("os")
 	if err != nil || !st.Promoted.Equal(at) {
 		t.Fatalf("after the rebuild: %+v %v, want promoted at %v", st, err, at)
+	}
+	if pst, err := r.Index().Primary("accounts"); err != nil || !pst.LastRun.Equal(at) {
+		t.Fatalf("after the rebuild, the primary state: %+v %v, want last run at %v", pst, err, at)
 	}
 }

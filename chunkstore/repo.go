@@ -22,6 +22,9 @@ type Repo struct {
 	lock  *lock
 	codec *codec
 	packs *packCache
+	// beforeClose is OpenOptions.BeforeClose, for an exclusive holder
+	// with its index open; nil once run.
+	beforeClose func(*Repo)
 }
 
 // OpenOptions for Open.
@@ -35,6 +38,14 @@ type OpenOptions struct {
 	// NoIndex leaves index.db closed, for RebuildIndex on a repository
 	// whose index is damaged or missing. Nothing else works without it.
 	NoIndex bool
+	// BeforeClose, if set, is called by Close before it closes anything,
+	// with the index still open, so that the holder can leave something
+	// derived from it for the processes its lock kept out (the CLI writes
+	// status.json). It is called only for an Exclusive holder whose index
+	// is open, once. It returns nothing: what it fails to do is its own to
+	// report. A panic in it is recovered and does not keep Close from
+	// releasing the index and the lock; Close then returns it as an error.
+	BeforeClose func(*Repo)
 }
 
 // Open opens the repository in dir, taking its lock.
@@ -48,6 +59,9 @@ func Open(dir string, opts OpenOptions) (*Repo, error) {
 		return nil, err
 	}
 	r := &Repo{dir: dir, cfg: *cfg, lock: lk, packs: newPackCache(dir)}
+	if opts.Mode == Exclusive && !opts.NoIndex {
+		r.beforeClose = opts.BeforeClose
+	}
 	if opts.Mode == Exclusive {
 		// Temporary packs of a crashed writer: nothing references them.
 		if err := removeTemporaries(filepath.Join(dir, "packs", "tmp")); err != nil {
@@ -90,8 +104,10 @@ func removeTemporaries(dir string) error {
 	return nil
 }
 
-// Close releases the index, open pack files and the lock.
+// Close runs the BeforeClose hook, then releases the index, open pack
+// files and the lock.
 func (r *Repo) Close() error {
+	hookErr := r.runBeforeClose()
 	r.packs.close()
 	r.codec.close()
 	var err error
@@ -99,7 +115,24 @@ func (r *Repo) Close() error {
 		err = r.idx.Close()
 	}
 	r.lock.release()
-	return err
+	return errors.Join(err, hookErr)
+}
+
+// runBeforeClose calls the BeforeClose hook, at most once, and turns a
+// panic in it into an error.
+func (r *Repo) runBeforeClose() (err error) {
+	hook := r.beforeClose
+	if hook == nil {
+		return nil
+	}
+	r.beforeClose = nil
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("repository %s: before-close hook panicked: %v", r.dir, v)
+		}
+	}()
+	hook(r)
+	return nil
 }
 
 // Dir returns the repository directory.

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/understudy/understudy/chunkstore/faultpoint"
 	"github.com/understudy/understudy/index"
 )
 
@@ -335,6 +336,7 @@ func (u *Uploader) seal(job sealJob) error {
 	if err != nil {
 		return err
 	}
+	faultpoint.Hit("before-index-commit") // renamed into packs/, not indexed
 	if err := u.repo.idx.AddPack(pack, blobs, job.snaps); err != nil {
 		return fmt.Errorf("index pack %s: %w", pack.ID.Short(), err)
 	}
@@ -460,6 +462,7 @@ func (w *packWriter) finish() (index.Pack, []index.Blob, error) {
 	if err := w.f.Close(); err != nil {
 		return fail(err)
 	}
+	faultpoint.Hit("pack-written") // durable in packs/tmp, not yet renamed
 	var id index.ID
 	w.hash.Sum(id[:0])
 	final := packPath(w.dir, id)

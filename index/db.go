@@ -46,6 +46,9 @@ func Open(path string, opts Options) (*DB, error) {
 	if timeout == 0 {
 		timeout = 10 * time.Second
 	}
+	if err := checkTruncated(path); err != nil {
+		return nil, err
+	}
 	bdb, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:      timeout,
 		ReadOnly:     opts.ReadOnly,

@@ -16,6 +16,9 @@
 //	blobs      blob ID (32 bytes) -> Location (46 bytes)
 //	packs      pack ID (32 bytes) -> type (1) size (8) blob count (4)
 //	snapshots  snapshot ID (32 bytes) -> the snapshot record, as stored in its pack
+//	cache      the change-detection cache (cache.go)
+//	standby    set name -> StandbyState, JSON: what this host applies as a standby
+//	primary    set name -> PrimaryState, JSON: this host's last runs and pushes
 //
 // Write discipline: one write transaction per sealed pack (AddPack), committed
 // only after the pack file is fsynced and renamed into place. A snapshot record

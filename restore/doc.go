@@ -25,6 +25,16 @@
 //	finisher (one): directories in post-order, once their files are
 //	    written: owner, mode, xattrs, mtime, flags
 //
+// Apply (apply.go, apply_write.go) makes a live tree equal to a snapshot
+// in place: it skips the subtrees the snapshot shares with the snapshots
+// the tree is made of (Refs), compares the rest entry by entry, writes
+// changed files to a temporary file that is synced to disk (a syncfs per
+// batch of files) and renamed over the old one (reusing the old file's chunks when their hashes match), makes
+// hard links once every file is in place and gives directories their
+// metadata last. Standby (standby.go) wraps it with the state kept in the
+// index (applied, applying), the mass-change guard and its sanity checks
+// (sanity.go), hold, delay and rollback. docs/design.md has the argument.
+//
 // Verify walks a snapshot's trees and a live tree side by side, read only,
 // and reports every difference inside the snapshot's scope: content is
 // checked by hashing each data extent of the live file against its blob ID

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/restic/chunker"
 	"golang.org/x/sys/unix"
@@ -16,9 +17,19 @@ import (
 	"github.com/understudy/understudy/snapshot/tree"
 )
 
-// maxReadAttempts is how often a file that changes while it is read is read
-// again before it is recorded as changed during the read.
-const maxReadAttempts = 3
+// defaultReadAttempts is how often a file that changes while it is read is
+// read before it is recorded as changed during the read (Options.ReadAttempts).
+const defaultReadAttempts = 3
+
+// Timestamp granularity. The kernel stamps a change with a clock that moves
+// by ticks (1 to 10 ms apart); some filesystems keep whole seconds. A
+// change within the tick of the ctime a read started from may leave the
+// ctime as it was, so a file changed that recently is read only once its
+// tick is over: then any change during the read moves the ctime.
+const (
+	stampTick   = 20 * time.Millisecond   // twice the longest tick (HZ=100)
+	stampSecond = time.Second + stampTick // stamps without nanoseconds
+)
 
 // saveJob is a new chunk on its way to the uploader.
 type saveJob struct {
@@ -38,6 +49,12 @@ type reader struct {
 	stats *counters
 	chk   *chunker.Chunker
 	small []byte
+
+	owners   *fsmeta.Owners
+	attempts int // Options.ReadAttempts
+	attempt  int // of the file being read, from 1
+	// betweenChunks is Options.betweenChunks, a test hook.
+	betweenChunks func(path string, attempt int, off int64)
 }
 
 func newBufPool(size int) *sync.Pool {
@@ -47,9 +64,12 @@ func newBufPool(size int) *sync.Pool {
 // run reads queued files until the queue closes.
 func (r *reader) run(files <-chan *fileJob) error {
 	r.small = make([]byte, r.cfg.ChunkMin)
+	if r.attempts <= 0 {
+		r.attempts = defaultReadAttempts
+	}
 	for fj := range files {
 		err := r.readFile(fj)
-		fj.f.Close()
+		fj.close()
 		if err != nil {
 			if r.ctx.Err() != nil {
 				return r.ctx.Err()
@@ -59,12 +79,31 @@ func (r *reader) run(files <-chan *fileJob) error {
 				return fatal.err
 			}
 			r.warn(fj.path, err)
-			fj.failed.Store(true)
+			if ce := (*changedError)(nil); !errors.As(err, &ce) || !ce.kept {
+				fj.failed.Store(true)
+			}
 		}
 		fj.release()
 	}
 	return nil
 }
+
+// changedError is the warning for a file that changed during every read
+// attempt. kept: its node is the one of the set's previous snapshot;
+// else the file is left out.
+type changedError struct {
+	attempts int
+	kept     bool
+}
+
+func (e *changedError) Error() string {
+	if e.kept {
+		return fmt.Sprintf("changed while being read (%d attempts); the snapshot holds it as the previous snapshot had it", e.attempts)
+	}
+	return fmt.Sprintf("changed while being read (%d attempts); left out, as the set's previous snapshot has no version of it to keep", e.attempts)
+}
+
+func (e *changedError) Unwrap() error { return fsmeta.ErrChanged }
 
 // fatalError is an error that must stop the snapshot, not just skip a file.
 type fatalError struct{ err error }
@@ -79,10 +118,22 @@ func (fj *fileJob) release() {
 	}
 }
 
-// readFile reads a file into its node's Content, retrying if the file changes
-// during the read.
+// readFile reads a file into its node's Content. An attempt counts only if
+// the file's stat (inode, size, mtime, ctime) is the same after the read as
+// before, and its name still names it; else the file is read again, up to
+// r.attempts times, the node's metadata read again with it, and from the
+// file that now has the name if it was renamed over. A file that changes
+// during every attempt is a changedError: its node is then the previous
+// snapshot's, or it is left out; the chunks read are never kept.
 func (r *reader) readFile(fj *fileJob) error {
-	for attempt := 1; ; attempt++ {
+	for r.attempt = 1; r.attempt <= r.attempts; r.attempt++ {
+		settled, err := r.settle(fj)
+		if err != nil {
+			return err
+		}
+		if !settled {
+			continue
+		}
 		content, err := r.readContent(fj)
 		if err != nil {
 			return err
@@ -91,25 +142,116 @@ func (r *reader) readFile(fj *fileJob) error {
 		if err := unix.Fstat(int(fj.f.Fd()), &after); err != nil {
 			return fmt.Errorf("stat after reading: %w", err)
 		}
+		if r.reopen(fj, &after) {
+			continue
+		}
 		if sameVersion(&fj.st, &after) {
 			fj.entry.node.Content = content
 			return nil
 		}
-		if attempt == maxReadAttempts {
-			fj.entry.node.Content = content
-			fj.changed = true
-			return fmt.Errorf("changed while being read (%d attempts); the snapshot holds the last read", attempt)
-		}
-		fj.st = after
-		fj.entry.node.MtimeSec, fj.entry.node.MtimeNsec = after.Mtim.Sec, uint32(after.Mtim.Nsec)
-		if _, err := fj.f.Seek(0, io.SeekStart); err != nil {
-			return err
-		}
 	}
+	return r.changed(fj)
 }
 
+// settle makes fj.st and the node's metadata those of the open file as it
+// is before an attempt. A file changed within the last tick is waited for
+// until the tick is over; it reports false if the file changed meanwhile.
+func (r *reader) settle(fj *fileJob) (bool, error) {
+	fd := int(fj.f.Fd())
+	start := time.Now()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return false, fmt.Errorf("stat before reading: %w", err)
+	}
+	if err := r.refresh(fj, &st); err != nil {
+		return false, err
+	}
+	gran := stampTick
+	if st.Ctim.Nsec == 0 && st.Mtim.Nsec == 0 {
+		gran = stampSecond
+	}
+	// A ctime in the future (the clock was set back) is no tick a change
+	// made now can stamp again.
+	wait := gran - start.Sub(time.Unix(st.Ctim.Sec, st.Ctim.Nsec))
+	if wait <= 0 || wait > gran {
+		return true, nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.ctx.Done():
+		return false, r.ctx.Err()
+	}
+	var again unix.Stat_t
+	if err := unix.Fstat(fd, &again); err != nil {
+		return false, fmt.Errorf("stat before reading: %w", err)
+	}
+	return sameVersion(&st, &again), nil
+}
+
+// refresh reads the node's metadata again if st is not the version fj.st
+// describes: the file changed since it was listed or last read.
+func (r *reader) refresh(fj *fileJob, st *unix.Stat_t) error {
+	if sameVersion(&fj.st, st) {
+		return nil
+	}
+	if err := fsmeta.ReadNode(fj.dirfd, fj.entry.name, st, int(fj.f.Fd()), r.owners, fj.entry.node); err != nil {
+		return err
+	}
+	fj.st = *st
+	return nil
+}
+
+// reopen reports whether the file's name now names another regular file
+// (cur is the stat of the one open): it was renamed over. fj then reads
+// that one. A name gone, or naming anything else, leaves fj as it is: what
+// it holds is a version the name had during the snapshot.
+func (r *reader) reopen(fj *fileJob, cur *unix.Stat_t) bool {
+	if fj.dirfd < 0 {
+		return false
+	}
+	var named unix.Stat_t
+	err := unix.Fstatat(fj.dirfd, fj.entry.name, &named, unix.AT_SYMLINK_NOFOLLOW)
+	if err != nil || (named.Dev == cur.Dev && named.Ino == cur.Ino) || named.Mode&unix.S_IFMT != unix.S_IFREG {
+		return false
+	}
+	f, err := openFile(fj.dirfd, fj.entry.name)
+	if err != nil {
+		return false
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		f.Close()
+		return false
+	}
+	fj.f.Close()
+	fj.f = f
+	return true
+}
+
+// changed records a file that changed during every attempt: never reused
+// from the cache, and holding the node of the set's previous snapshot (a
+// version the file had, whole) if there is one to hold.
+func (r *reader) changed(fj *fileJob) error {
+	fj.changed = true
+	n := fj.entry.node
+	if fj.entry.prev != nil {
+		prev := tree.Node{Name: n.Name}
+		if reuseNode(&prev, fj.entry.prev) == nil && prev.Type == tree.File && prev.LinkTo == "" {
+			*n = prev
+			return &changedError{attempts: r.attempts, kept: true}
+		}
+	}
+	return &changedError{attempts: r.attempts}
+}
+
+// sameVersion reports whether two stats of a file are the same version of
+// it. Every change to its data or metadata moves the ctime (settle sees to
+// it that no change during a read falls in the ctime's own tick); inode,
+// size and mtime are compared as well.
 func sameVersion(a, b *unix.Stat_t) bool {
-	return a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim && a.Ino == b.Ino
+	return a.Dev == b.Dev && a.Ino == b.Ino && a.Size == b.Size && a.Mtim == b.Mtim && a.Ctim == b.Ctim
 }
 
 // readContent returns the extents of the file: holes from SEEK_HOLE, data
@@ -127,7 +269,7 @@ func (r *reader) readContent(fj *fileJob) ([]tree.Extent, error) {
 		}
 		section := io.NewSectionReader(fj.f, rg.Offset, rg.Length)
 		var n int64
-		content, n, err = r.chunkRange(fj, section, rg.Length, content)
+		content, n, err = r.chunkRange(fj, section, rg.Offset, rg.Length, content)
 		if err != nil {
 			return nil, err
 		}
@@ -143,8 +285,9 @@ func (r *reader) readContent(fj *fileJob) ([]tree.Extent, error) {
 	return content, nil
 }
 
-// chunkRange cuts one data range into chunks and appends their extents.
-func (r *reader) chunkRange(fj *fileJob, rd io.Reader, length int64, content []tree.Extent) ([]tree.Extent, int64, error) {
+// chunkRange cuts one data range, at offset in the file, into chunks and
+// appends their extents.
+func (r *reader) chunkRange(fj *fileJob, rd io.Reader, offset, length int64, content []tree.Extent) ([]tree.Extent, int64, error) {
 	var total int64
 	if length <= int64(r.cfg.ChunkMin) {
 		// Below the minimum the chunker would return the whole range anyway.
@@ -159,6 +302,7 @@ func (r *reader) chunkRange(fj *fileJob, rd io.Reader, length int64, content []t
 		if err != nil {
 			return nil, 0, err
 		}
+		r.chunked(fj, offset+int64(n))
 		return append(content, ext), int64(n), nil
 	}
 	if r.chk == nil {
@@ -186,6 +330,14 @@ func (r *reader) chunkRange(fj *fileJob, rd io.Reader, length int64, content []t
 		}
 		content = append(content, ext)
 		total += int64(c.Length)
+		r.chunked(fj, offset+total)
+	}
+}
+
+// chunked calls the test hook, if any, after a chunk that ends at off.
+func (r *reader) chunked(fj *fileJob, off int64) {
+	if r.betweenChunks != nil {
+		r.betweenChunks(fj.path, r.attempt, off)
 	}
 }
 

@@ -49,12 +49,18 @@ type Options struct {
 	// did not has its metadata read again but its content taken from the
 	// cache. Off by default, since tools can set an mtime back.
 	TrustMtime bool
+	// ReadAttempts is how often a file that changes while it is read is
+	// read before it is a warning, changed during the read. 0 means 3.
+	ReadAttempts int
 	// Warn is called for every path that cannot be read (optional).
 	Warn func(path string, err error)
 	// Progress is called about once a second with the counts so far (optional).
 	Progress func(Stats)
 	// opened is a test hook called for every file opened for reading.
 	opened func(path string)
+	// betweenChunks is a test hook called after each chunk a reader cuts,
+	// with the attempt (from 1) and the offset reached.
+	betweenChunks func(path string, attempt int, off int64)
 	// now is a test clock for the racy cutoff; nil means time.Now.
 	now func() time.Time
 }
@@ -166,11 +172,12 @@ func Take(ctx context.Context, repo *chunkstore.Repo, opts Options) (*Result, er
 		readWG.Add(1)
 		g.Go(func() error {
 			defer readWG.Done()
-			r := &reader{ctx: gctx, cfg: cfg, up: up, saves: saves, bufs: bufs, warn: warn, stats: &stats}
+			r := &reader{ctx: gctx, cfg: cfg, up: up, saves: saves, bufs: bufs, warn: warn, stats: &stats,
+				owners: owners, attempts: opts.ReadAttempts, betweenChunks: opts.betweenChunks}
 			err := r.run(files)
 			if err != nil {
 				for fj := range files { // unblock the walker
-					fj.f.Close()
+					fj.close()
 				}
 			}
 			return err

@@ -53,12 +53,24 @@ type fileJob struct {
 	entry *entry
 	path  string
 	f     *os.File
-	st    unix.Stat_t
+	st    unix.Stat_t // the version of the file that entry.node describes
+	// dirfd is the file's directory (a duplicate descriptor, or -1): the
+	// reader looks there whether the name was renamed over during a read.
+	dirfd int
 
 	outstanding atomic.Int32 // the reader's own reference plus one per chunk being saved
 	done        chan struct{}
 	failed      atomic.Bool
 	changed     bool // changed while read: recorded, never reused from the cache
+}
+
+// close closes what a queued file holds open.
+func (fj *fileJob) close() {
+	fj.f.Close()
+	if fj.dirfd >= 0 {
+		unix.Close(fj.dirfd)
+		fj.dirfd = -1
+	}
 }
 
 // inode identifies a file for hard-link detection.
@@ -342,7 +354,7 @@ func (w *walker) file(dirfd int, p string, st *unix.Stat_t, job *dirJob, e *entr
 		e.node, e.reused = nil, true
 		return nil
 	}
-	fj := &fileJob{dir: job, entry: e, path: p, st: *st, done: make(chan struct{})}
+	fj := &fileJob{dir: job, entry: e, path: p, st: *st, dirfd: -1, done: make(chan struct{})}
 	if hit && reuseNode(n, ce.node) == nil {
 		n.LinkTo = "" // the first link in this snapshot
 		w.links[key] = fj
@@ -378,6 +390,13 @@ func (w *walker) file(dirfd int, p string, st *unix.Stat_t, job *dirJob, e *entr
 		}
 	}
 	fj.f = f
+	if !linked {
+		// Without it a replaced file is only read again as it was; a
+		// hard link is always read from the inode its other paths name.
+		if fd, err := unix.FcntlInt(uintptr(dirfd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			fj.dirfd = fd
+		}
+	}
 	fj.outstanding.Store(1)
 	job.files.Add(1)
 	job.fileJobs = append(job.fileJobs, fj)
@@ -385,7 +404,7 @@ func (w *walker) file(dirfd int, p string, st *unix.Stat_t, job *dirJob, e *entr
 	case w.files <- fj:
 		return nil
 	case <-w.ctx.Done():
-		f.Close()
+		fj.close()
 		return w.ctx.Err()
 	}
 }

@@ -17,6 +17,10 @@
 //	             predecessor chunk), then trees children first, read and
 //	             encoded by one worker per core ahead of the writer
 //	commit       the snapshot record, answered once it is committed
+//	apply        optionally, after the last commit: serve runs the standby's
+//	             automatic apply of the snapshot's set into a target its
+//	             own command line allows (--allow-target), and says what
+//	             it did
 //
 // Serve verifies every blob against its ID (data blobs on one goroutine per
 // core), stores it through chunkstore.Uploader, refuses a tree whose blobs
@@ -24,7 +28,10 @@
 // it received however the session ends, so that the next push resumes.
 //
 // Files: frame.go and proto.go (the wire format), client.go (session),
-// push.go (the walk), send.go (sending), serve.go (the standby), transport.go
-// (destinations, the local pipe), ssh.go, sshurl.go and sshkeys.go (SSH).
+// push.go (the walk), send.go (sending), serve.go (the standby), apply.go
+// (apply on request, both sides), fetch.go (blobs fetched from the peer
+// for repair --from, both sides), transport.go (destinations, the local
+// pipe), ssh.go, sshurl.go and sshkeys.go (SSH). The package does not
+// apply anything itself: serve is given an ApplyFunc by its caller.
 // Package sshdtest runs a real sshd for tests.
 package sync

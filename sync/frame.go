@@ -22,17 +22,21 @@ const frameHeaderSize = 5
 
 // Frame types. C: sent by the client (push), S: sent by serve.
 const (
-	fHello     byte = 0x01 // C: magic, version, capabilities
-	fWelcome   byte = 0x02 // S: version, capabilities, repository ID, flags
-	fError     byte = 0x03 // C or S: a reason; the sender stops after it
-	fBegin     byte = 0x0a // C: the snapshot about to be pushed, and its set
-	fReady     byte = 0x0b // S: the standby accepts that set
-	fHave      byte = 0x10 // C: blob IDs the client asks about
-	fHaveReply byte = 0x11 // S: one bit per asked ID, in order
-	fBlob      byte = 0x20 // C: one blob in its stored form
-	fDelta     byte = 0x21 // C: a data or tree blob as a delta against one the standby holds
-	fCommit    byte = 0x30 // C: a snapshot record to commit once all blobs are in
-	fCommitted byte = 0x31 // S: the snapshot is committed; what the session stored
+	fHello      byte = 0x01 // C: magic, version, capabilities
+	fWelcome    byte = 0x02 // S: version, capabilities, repository ID, flags
+	fError      byte = 0x03 // C or S: a reason; the sender stops after it
+	fBegin      byte = 0x0a // C: the snapshot about to be pushed, and its set
+	fReady      byte = 0x0b // S: the standby accepts that set
+	fHave       byte = 0x10 // C: blob IDs the client asks about
+	fHaveReply  byte = 0x11 // S: one bit per asked ID, in order
+	fBlob       byte = 0x20 // C: one blob in its stored form
+	fDelta      byte = 0x21 // C: a data or tree blob as a delta against one the standby holds
+	fCommit     byte = 0x30 // C: a snapshot record to commit once all blobs are in
+	fCommitted  byte = 0x31 // S: the snapshot is committed; what the session stored
+	fApply      byte = 0x40 // C: apply the set of a held snapshot to a target (capApply)
+	fApplyReply byte = 0x41 // S: what the apply did, as JSON
+	fGet        byte = 0x50 // C: blob IDs whose stored form the client asks for (capFetch)
+	fGot        byte = 0x51 // S: one per asked ID, in order: the blob as stored, or why not
 )
 
 // Limits on what a frame may hold.
@@ -72,6 +76,14 @@ func maxPayload(t byte) (uint32, bool) {
 		return maxCommit, true
 	case fCommitted:
 		return committedSize, true
+	case fApply:
+		return applyFixed + maxApplyTarget, true
+	case fApplyReply:
+		return maxApplyReply, true
+	case fGet:
+		return 4 + 32*maxGetIDs, true
+	case fGot:
+		return gotHeader + chunkstore.MaxTreeBlob, true
 	}
 	return 0, false
 }

@@ -2,16 +2,18 @@ package sync
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
 )
 
 // FuzzFrames feeds arbitrary bytes to the frame reader and every frame's
-// payload decoder: errors are fine, panics and large allocations are not
+// payload decoder (Apply and ApplyReply included): errors are fine, panics and large allocations are not
 // (the reader grows a payload only as its bytes arrive).
 func FuzzFrames(f *testing.F) {
 	var seed []byte
@@ -29,6 +31,10 @@ func FuzzFrames(f *testing.F) {
 	add(fDelta, append(appendDeltaHeader(nil, delta{Type: index.TreeBlob, RawLength: 3, ID: id, Base: id}), 1, 2, 3))
 	add(fCommit, encodeCommit(index.Hash([]byte("{}")), []byte("{}")))
 	add(fCommitted, Committed{Snapshot: id}.encode())
+	apply, _ := applyRequest{Snapshot: id, Target: "/srv/standby"}.encode()
+	add(fApply, apply)
+	reply, _ := ApplyReply{Status: ApplyWaiting, Snapshot: id, DueAt: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC), Stats: json.RawMessage(`{"created":1}`)}.encode()
+	add(fApplyReply, reply)
 	f.Add(seed)
 	f.Add(appendFrameHeader(nil, fBlob, maxBlobPayload))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -87,6 +93,28 @@ func FuzzFrames(f *testing.F) {
 			case fCommitted:
 				if c, err := decodeCommitted(p); err == nil && !bytes.Equal(c.encode(), p) {
 					t.Fatal("committed does not round-trip")
+				}
+			case fApply:
+				if a, err := decodeApply(p); err == nil {
+					if b, err := a.encode(); err != nil || !bytes.Equal(b, p) {
+						t.Fatalf("apply does not round-trip: %+v %v", a, err)
+					}
+				}
+			case fApplyReply:
+				// A reply that decodes encodes within the limits, and its
+				// encoding is stable (JSON need not keep the peer's bytes).
+				if r, err := decodeApplyReply(p); err == nil {
+					b, err := r.encode()
+					if err != nil || len(b) > maxApplyReply {
+						t.Fatalf("decoded apply reply %+v does not encode: %v", r, err)
+					}
+					r2, err := decodeApplyReply(b)
+					if err != nil {
+						t.Fatalf("apply reply %s does not decode again: %v", b, err)
+					}
+					if b2, err := r2.encode(); err != nil || !bytes.Equal(b, b2) {
+						t.Fatalf("apply reply is not stable: %s, then %s (%v)", b, b2, err)
+					}
 				}
 			}
 		}

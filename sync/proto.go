@@ -22,8 +22,14 @@ const helloMagic = "understudy-sync"
 // not know, and a feature is used only when both sides announce it.
 const (
 	// capDelta: the receiver accepts Delta frames.
-	capDelta   uint64 = 1 << 0
-	capsSpoken        = capDelta
+	capDelta uint64 = 1 << 0
+	// capApply: the client may send Apply frames, and serve answers them
+	// (serve announces it only when it was given a way to apply).
+	capApply uint64 = 1 << 1
+	// capFetch: serve answers Get frames with the blobs it holds (repair
+	// from a peer); the client may send them.
+	capFetch   uint64 = 1 << 2
+	capsSpoken        = capDelta | capApply | capFetch
 )
 
 // Welcome flags.
@@ -70,6 +76,10 @@ type Welcome struct {
 
 // AppendOnly reports whether the standby refuses requests that delete.
 func (w Welcome) AppendOnly() bool { return w.Flags&flagAppendOnly != 0 }
+
+// CanApply reports whether the standby answers Apply requests
+// (Session.Apply).
+func (w Welcome) CanApply() bool { return w.Caps&capApply != 0 }
 
 func (w Welcome) encode() []byte {
 	b := make([]byte, 0, welcomeMax)

@@ -73,6 +73,32 @@ func (s *Session) Push(ctx context.Context, src *chunkstore.Repo, id index.ID) (
 	return st, err
 }
 
+// Accepts asks the standby whether it accepts pushes of set, sending
+// nothing else: the pre-flight check that this host is still the set's
+// primary. A standby promoted for the set answers with a refusal matching
+// ErrRefused, which ends the session; after nil the session goes on.
+func (s *Session) Accepts(ctx context.Context, set string) error {
+	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
+	defer stop()
+	begin, err := encodeBegin(index.ID{}, set)
+	if err != nil {
+		return err
+	}
+	if err := s.send(fBegin, begin); err != nil {
+		return err
+	}
+	if err := s.flush(); err != nil {
+		return err
+	}
+	if _, err := s.expect(fReady); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (%w)", ctx.Err(), err)
+		}
+		return err
+	}
+	return nil
+}
+
 func (s *Session) push(src *chunkstore.Repo, id index.ID, st *PushStats) error {
 	record, ok, err := src.Index().SnapshotRecord(id)
 	if err != nil {

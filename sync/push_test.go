@@ -76,6 +76,12 @@ func (c *pipeConn) Close() error {
 // serveDir starts Serve on the repository in dir.
 func serveDir(t *testing.T, dir string) *pipeConn {
 	t.Helper()
+	return serveDirWith(t, dir, ServeOptions{Program: "test"})
+}
+
+// serveDirWith starts Serve with opts on the repository in dir.
+func serveDirWith(t *testing.T, dir string, opts ServeOptions) *pipeConn {
+	t.Helper()
 	cr, cw := io.Pipe() // client → serve
 	sr, sw := io.Pipe() // serve → client
 	c := &pipeConn{toServe: cw, fromServe: sr, done: make(chan struct{})}
@@ -87,7 +93,7 @@ func serveDir(t *testing.T, dir string) *pipeConn {
 			repo, err = chunkstore.Open(dir, chunkstore.OpenOptions{Mode: chunkstore.Exclusive, What: "serve"})
 			return repo, err
 		}
-		c.err = Serve(context.Background(), open, cr, sw, ServeOptions{Program: "test"})
+		c.err = Serve(context.Background(), open, cr, sw, opts)
 		if repo != nil {
 			repo.Close()
 		}
@@ -664,7 +670,28 @@ func TestPushToPromotedSetIsRefused(t *testing.T) {
 	if _, ok := rootOf(t, dst, id); ok {
 		t.Error("the refused snapshot is on the standby")
 	}
+	// The pre-flight question gets the same answer, sending nothing.
+	accepts := func() error {
+		s, err := NewSession(context.Background(), serveDir(t, dst))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Accepts(context.Background(), "test"); err != nil {
+			s.Abort()
+			return err
+		}
+		return s.Close()
+	}
+	if err := accepts(); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "has been promoted at") {
+		t.Fatalf("Accepts of a promoted set: %v", err)
+	}
 	setPromoted(time.Time{})
+	if err := accepts(); err != nil {
+		t.Fatalf("Accepts after demote: %v", err)
+	}
+	if after := heldBlobs(t, dst); len(after) != len(before) {
+		t.Errorf("asking changed the standby from %d to %d blobs", len(before), len(after))
+	}
 	push(t, src, dst, id)
 	checkRepo(t, dst)
 }

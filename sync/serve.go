@@ -16,8 +16,10 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/understudy/understudy/chunkstore"
+	"github.com/understudy/understudy/chunkstore/faultpoint"
 	"github.com/understudy/understudy/index"
 	"github.com/understudy/understudy/snapshot"
+	"github.com/understudy/understudy/snapshot/fsmeta"
 	"github.com/understudy/understudy/snapshot/tree"
 )
 
@@ -29,8 +31,20 @@ type ServeOptions struct {
 	AppendOnly bool
 	// Program is understudy's version, told to the client.
 	Program string
-	// Log receives one line per committed snapshot and per failure.
+	// Log receives one line per committed snapshot, per apply and per
+	// failure.
 	Log *slog.Logger
+	// Apply runs an apply the client asks for (Session.Apply); nil
+	// announces no apply capability. It is called only for targets in
+	// AllowTargets.
+	Apply ApplyFunc
+	// AllowTargets are the absolute paths an Apply request may name
+	// (`serve --allow-target`); any other target is refused, so that a
+	// client cannot make serve write elsewhere.
+	AllowTargets []string
+	// Syslog receives the refusals of applies, for the system log; nil
+	// leaves them to Log.
+	Syslog func(msg string)
 }
 
 // Serve speaks the replication protocol as the standby on r and w (stdin and
@@ -72,7 +86,11 @@ func Serve(ctx context.Context, open func() (*chunkstore.Repo, error), r io.Read
 		return &RemoteError{Code: codeNoRepo, Text: err.Error()}
 	}
 	s.repo = repo
-	welcome := Welcome{Version: ProtocolVersion, Caps: capsSpoken, Polynomial: uint64(repo.Config().Polynomial), Program: opts.Program}
+	s.clientCaps = h.Caps
+	welcome := Welcome{Version: ProtocolVersion, Caps: capDelta | capFetch, Polynomial: uint64(repo.Config().Polynomial), Program: opts.Program}
+	if opts.Apply != nil {
+		welcome.Caps |= capApply
+	}
 	if id, err := hex.DecodeString(repo.Config().ID); err == nil && len(id) == 32 {
 		copy(welcome.RepoID[:], id)
 	}
@@ -116,6 +134,8 @@ type server struct {
 	opts   ServeOptions
 	repo   *chunkstore.Repo
 	up     *chunkstore.Uploader
+
+	clientCaps uint64 // what the client's hello announced
 
 	treeDD    deltaDecoder // for tree deltas, decoded by the frame loop itself
 	jobs      chan blobJob
@@ -303,6 +323,10 @@ func (s *server) handle(t byte, p []byte) error {
 			return err
 		}
 		return s.commit(id, record)
+	case fApply:
+		return s.apply(p)
+	case fGet:
+		return s.get(p)
 	case fError:
 		re, err := decodeError(p)
 		if err != nil {
@@ -478,6 +502,7 @@ func (s *server) commit(id index.ID, record []byte) error {
 	if _, ok, err := s.repo.Index().SnapshotRecord(id); err != nil {
 		return err
 	} else if !ok {
+		faultpoint.Hit("serve-before-record") // every blob received and verified, the last packs not sealed, the record not stored
 		got, err := s.up.Flush(record)
 		if err != nil {
 			return err
@@ -528,6 +553,7 @@ func (s *server) sendError(err error) error {
 		code = codeBadInput
 	case errors.Is(err, syscall.ENOSPC):
 		code = codeNoSpace
+		err = fsmeta.NoSpace(err, "") // names the standby's filesystem
 	}
 	text := err.Error()
 	if code != codeRefused {

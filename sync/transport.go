@@ -60,6 +60,10 @@ type DialOptions struct {
 	ServeCommand []string
 	// Stderr receives serve's standard error (messages of the standby).
 	Stderr io.Writer
+	// AllowTargets are given to a local serve as --allow-target, so that
+	// it applies to them on request: the user has direct access to those
+	// paths anyway. A remote serve allows what its own command line says.
+	AllowTargets []string
 }
 
 // Dial starts serve for d and returns the connection to it.
@@ -80,7 +84,11 @@ func Dial(ctx context.Context, d Dest, opts DialOptions) (Conn, error) {
 		}
 		argv = []string{self, "serve"}
 	}
-	argv = append(slices.Clone(argv), "--repo", d.Path)
+	argv = slices.Clone(argv)
+	for _, t := range opts.AllowTargets {
+		argv = append(argv, "--allow-target", t)
+	}
+	argv = append(argv, "--repo", d.Path)
 	return startLocal(argv, opts.Stderr)
 }
 

@@ -24,6 +24,7 @@ type snapshotOptions struct {
 	readers       int
 	forceRead     bool
 	trustMtime    bool
+	readAttempts  int
 	paths         []string
 }
 
@@ -40,8 +41,13 @@ Files whose inode, size, mtime and ctime are as at the set's last snapshot
 are not opened: their content and metadata come from the change-detection
 cache in index.db. --force-read reads every file all the same.
 
+A file that changes while it is read is read again, up to --read-attempts
+times; one that changes during every attempt keeps the version the set's
+previous snapshot has (or is left out without one), never a mix of both.
+
 Exit status 3 means the snapshot was written but some paths could not be
-read; they are listed on stderr and in the snapshot.`,
+read, or changed during every read; they are listed on stderr and in the
+snapshot.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.paths = args
@@ -57,6 +63,7 @@ read; they are listed on stderr and in the snapshot.`,
 	f.IntVar(&opts.readers, "readers", 2, "files read at once (more for SSDs and many small files, 1 for one spinning disk)")
 	f.BoolVar(&opts.forceRead, "force-read", false, "read every file, trusting nothing in the change-detection cache")
 	f.BoolVar(&opts.trustMtime, "trust-mtime", false, "when only a file's ctime moved (chmod, chown, xattrs), re-read its metadata but not its content")
+	f.IntVar(&opts.readAttempts, "read-attempts", 3, "reads of a file that changes while it is read, before it is a warning")
 	return cmd
 }
 
@@ -90,6 +97,9 @@ func runSnapshot(ctx context.Context, g *globals, opts snapshotOptions) error {
 	if opts.readers < 1 {
 		return usageErrorf("--readers must be at least 1")
 	}
+	if opts.readAttempts < 1 {
+		return usageErrorf("--read-attempts must be at least 1")
+	}
 	paths, err := absPaths(opts.root, opts.paths)
 	if err != nil {
 		return err
@@ -111,7 +121,7 @@ func runSnapshot(ctx context.Context, g *globals, opts snapshotOptions) error {
 	prog := g.newProgress()
 	sopts := snapshot.Options{
 		Root: opts.root, Selection: sel, Set: opts.set, Host: host, Tags: opts.tags, Readers: opts.readers,
-		ForceRead: opts.forceRead, TrustMtime: opts.trustMtime,
+		ForceRead: opts.forceRead, TrustMtime: opts.trustMtime, ReadAttempts: opts.readAttempts,
 		Warn: func(p string, err error) {
 			prog.done()
 			fmt.Fprintf(g.stderr, "warning: %s: %v\n", showPath(p), err)
@@ -145,7 +155,7 @@ func runSnapshot(ctx context.Context, g *globals, opts snapshotOptions) error {
 			humanBytes(st.BytesRead), humanBytes(st.BytesTotal), humanBytes(st.RawAdded), humanBytes(st.BytesAdded))
 	}
 	if n := len(res.Record.Warnings); n > 0 {
-		return &codedError{code: exitPartial, err: fmt.Errorf("snapshot %s is missing %d paths that could not be read (listed above)", res.ID.Short(), n)}
+		return &codedError{code: exitPartial, err: fmt.Errorf("snapshot %s has %d warnings: paths that could not be read or changed while being read (listed above)", res.ID.Short(), n)}
 	}
 	return nil
 }

@@ -18,8 +18,9 @@ func newVerifyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify --target DIR [SNAP]",
 		Short: "Report every difference between a live tree and a snapshot",
-		Long: `Compare the tree under DIR (standing for "/") with SNAP (default: the latest,
-of --set if given), inside the snapshot's scope, one difference a line:
+		Long: `Compare the tree under DIR (standing for "/") with SNAP, inside the snapshot's
+scope, one difference a line. Without SNAP: the snapshot applied to DIR (of
+--set if given), or else the latest (of --set if given).
   -  missing from DIR        +  in DIR, inside the scope, not in SNAP
   T  of another type         M  other content (hashed against the snapshot)
   U  other metadata: mode, owner, mtime, xattrs, flags, target, device, link
@@ -27,7 +28,7 @@ Every file in the scope is read. Exit status 1 when anything differs: this
 is the failover drill for a standby.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref := "latest"
+			ref := ""
 			if len(args) == 1 {
 				ref = args[0]
 			}
@@ -46,6 +47,11 @@ func runVerify(ctx context.Context, g *globals, target, ref, set string) error {
 		return err
 	}
 	defer repo.Close()
+	if ref == "" {
+		if ref, err = appliedTo(repo.Index(), target, set); err != nil {
+			return err
+		}
+	}
 	snap, err := snapshot.Find(repo.Index(), ref, set)
 	if err != nil {
 		return err
@@ -82,4 +88,27 @@ func runVerify(ctx context.Context, g *globals, target, ref, set string) error {
 		return &codedError{code: exitError, err: errReported}
 	}
 	return nil
+}
+
+// appliedTo returns the snapshot the standby state says is applied to
+// target (in set, if not empty), or "latest" when none or several are.
+func appliedTo(idx *index.DB, target, set string) (string, error) {
+	key, err := restore.TargetKey(target)
+	if err != nil {
+		return "", err
+	}
+	states, err := idx.StandbyStates()
+	if err != nil {
+		return "", err
+	}
+	var found []index.ID
+	for name, st := range states {
+		if ts := st.Targets[key]; ts != nil && !ts.Applied.IsZero() && (set == "" || name == set) {
+			found = append(found, ts.Applied)
+		}
+	}
+	if len(found) != 1 {
+		return "latest", nil
+	}
+	return found[0].String(), nil
 }

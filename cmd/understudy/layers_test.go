@@ -18,17 +18,22 @@ const module = "github.com/understudy/understudy/"
 // here, which is the moment to decide where it sits.
 var layers = map[string][]string{
 	"index":              {},
-	"chunkstore":         {"index"},
+	"chunkstore":         {"index", "chunkstore/faultpoint"},
 	"snapshot/tree":      {"index"},
 	"snapshot/selection": {},
+	"snapshot/retention": {"index"},
 	"snapshot/fsmeta":    {"snapshot/tree"},
 	"snapshot/testtree":  {}, // checks fsmeta's work with code of its own
 	"snapshot":           {"index", "chunkstore", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta"},
-	"restore":            {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta"},
-	"sync":               {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection"},
+	"restore":            {"index", "chunkstore", "chunkstore/faultpoint", "snapshot", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta"},
+	"sync":               {"index", "chunkstore", "chunkstore/faultpoint", "snapshot", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta"},
 	"sync/sshdtest":      {}, // runs a real sshd for tests
-	"cmd/understudy":     {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection", "restore", "sync"},
+	"cmd/understudy":     {"index", "chunkstore", "snapshot", "snapshot/tree", "snapshot/selection", "snapshot/fsmeta", "snapshot/retention", "restore", "sync", "cmd/understudy/ops"},
+	"cmd/understudy/ops": {}, // the log and the daemon's plan: no repository in it
 	"bench/gentree":      {},
+	"bench/manysnaps":    {"chunkstore", "snapshot"}, // fills a repository with snapshot records
+
+	"chunkstore/faultpoint": {}, // the crash tests' kill points: an empty Hit in a normal build
 }
 
 // TestLayers checks the module's import graph (tests included) against

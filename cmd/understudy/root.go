@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/understudy/understudy/chunkstore"
+	"github.com/understudy/understudy/snapshot/fsmeta"
 )
 
 // Exit codes (PRODUCT.md).
@@ -21,7 +22,7 @@ const (
 	exitOK      = 0
 	exitError   = 1
 	exitUsage   = 2
-	exitPartial = 3 // snapshot taken, but some paths could not be read
+	exitPartial = 3 // snapshot taken, but some paths could not be read or changed while being read
 	exitRefused = 4 // refused by a guard
 )
 
@@ -53,6 +54,7 @@ func exitCode(err error) int {
 // globals are the flags every command has.
 type globals struct {
 	repo        string
+	conf        configSource // -c/--config, read on first use (cmd_config.go)
 	json        bool
 	quiet       bool
 	verbose     bool
@@ -75,6 +77,7 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		g.stopProfile()
 	}
 	if err != nil {
+		err = fsmeta.NoSpace(err, "") // a full disk: name its filesystem
 		var ce *codedError
 		if !errors.As(err, &ce) && isUsage(err) {
 			err = &codedError{code: exitUsage, err: err}
@@ -116,6 +119,7 @@ or rolls back any of them.`,
 	})
 	pf := root.PersistentFlags()
 	pf.StringVarP(&g.repo, "repo", "r", os.Getenv("UNDERSTUDY_REPO"), "repository directory (env UNDERSTUDY_REPO)")
+	pf.VarP(&g.conf, "config", "c", "configuration `FILE` (default "+defaultConfigPath+" when present; \"\" for none)")
 	pf.BoolVar(&g.json, "json", false, "print machine-readable JSON")
 	pf.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "print more detail")
@@ -167,6 +171,19 @@ or rolls back any of them.`,
 		newPromoteCmd(g),
 		newDemoteCmd(g),
 		newVerifyCmd(g),
+		newApplyCmd(g),
+		newRollbackCmd(g),
+		newHoldCmd(g, true),
+		newHoldCmd(g, false),
+		newProtectCmd(g),
+		newStandbyCmd(g),
+		newStatusCmd(g),
+		newForgetCmd(g),
+		newPruneCmd(g),
+		newConfigCmd(g),
+		newRunCmd(g),
+		newDaemonCmd(g),
+		newSystemdUnitsCmd(g),
 	)
 	return root
 }
@@ -176,10 +193,19 @@ func (g *globals) openRepo(mode chunkstore.LockMode, what string) (*chunkstore.R
 	return g.openRepoWith(chunkstore.OpenOptions{Mode: mode, What: what})
 }
 
-// openRepoWith opens the repository named by --repo with opts.
+// openRepoWith opens the repository named by --repo with opts. An
+// exclusive holder saves status.json when it closes the repository, for
+// the status commands its lock kept out (init opens it directly, before
+// there is anything to show).
 func (g *globals) openRepoWith(opts chunkstore.OpenOptions) (*chunkstore.Repo, error) {
+	if err := g.repoFromConfig(); err != nil {
+		return nil, err
+	}
 	if g.repo == "" {
-		return nil, usageErrorf("no repository: give --repo DIR or set UNDERSTUDY_REPO")
+		return nil, usageErrorf("no repository: give --repo DIR, set UNDERSTUDY_REPO or repo in the configuration file")
+	}
+	if opts.Mode == chunkstore.Exclusive && opts.BeforeClose == nil {
+		opts.BeforeClose = g.saveStatus
 	}
 	return chunkstore.Open(g.repo, opts)
 }

@@ -51,4 +51,11 @@
 // entries exist, since creating an entry moves the directory's mtime and an
 // immutable directory accepts no new entries; hard links must be made before
 // their target is made immutable or append-only.
+//
+// # Errors that name a filesystem
+//
+// MountOf finds the mount point and type of the filesystem holding a path
+// (from /proc/self/mountinfo), and NoSpace turns an ENOSPC into a
+// NoSpaceError that names it, so that a full disk says which one is full;
+// ErrChanged marks a file that changed while it was being read.
 package fsmeta

@@ -131,3 +131,42 @@ func ClearFlags(dirfd int, name string) (uint32, error) {
 	}
 	return flags, nil
 }
+
+// SetFlags sets the settable inode flags of the regular file or directory
+// name in dirfd to those of flags, keeping the bits outside SettableFlags,
+// as Apply does last. It is for an entry that was given its other metadata
+// while it had to stay renameable (a file written under a temporary name).
+// Other types are left alone.
+func SetFlags(dirfd int, name string, flags uint32) error {
+	st, err := Lstat(dirfd, name)
+	if err != nil {
+		return newError(name, "stat", err)
+	}
+	if !isFileOrDir(st.Mode) {
+		return nil
+	}
+	fd, err := openEntry(dirfd, name, &st)
+	if err != nil {
+		return newError(name, "open for flags", err)
+	}
+	defer unix.Close(fd)
+	have, ok, err := getFlags(fd)
+	if err != nil {
+		return newError(name, "read flags", err)
+	}
+	want := have&^SettableFlags | flags&SettableFlags
+	switch {
+	case want == have:
+		return nil
+	case !ok:
+		return unsupported(name, fmt.Sprintf("set flags %#x", flags), unix.EOPNOTSUPP)
+	}
+	refused, err := applyFlags(fd, have, want)
+	if err != nil {
+		return newError(name, fmt.Sprintf("set flags %#x", flags), err)
+	}
+	if refused != 0 {
+		return unsupported(name, fmt.Sprintf("set flags %#x", refused), unix.EOPNOTSUPP)
+	}
+	return nil
+}

@@ -37,10 +37,22 @@ const maxReports = 50
 // content). Without rsync installed, Compare calls t.Skip after its own walk.
 func Compare(t testing.TB, a, b string) {
 	t.Helper()
+	CompareExcept(t, a, b)
+}
+
+// CompareExcept is Compare leaving out the paths skip (relative to a and b,
+// such as "etc/hostname") and what is below them, on both sides: the
+// entries of a live tree that an apply must leave alone.
+func CompareExcept(t testing.TB, a, b string, skip ...string) {
+	t.Helper()
 	c := &comparer{
 		t:     t,
 		keysA: make(map[string]inode),
 		keysB: make(map[string]inode),
+		skip:  make(map[string]bool),
+	}
+	for _, s := range skip {
+		c.skip[s] = true
 	}
 	a, b = filepath.Clean(a), filepath.Clean(b)
 	afd, err := unix.Open(filepath.Dir(a), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -71,6 +83,8 @@ type comparer struct {
 	// in a or in b, on both sides.
 	keysA, keysB map[string]inode
 	linked       []string
+
+	skip map[string]bool // paths left out
 
 	long []string // topmost paths too long for rsync
 	big  []string // files too large for rsync --checksum
@@ -304,6 +318,10 @@ func (c *comparer) dir(afd, bfd int, rel string, deep bool) {
 		c.diff(rel, "read directory b: %v", err)
 		return
 	}
+	keep := func(names []string) []string {
+		return slices.DeleteFunc(names, func(n string) bool { return c.skip[child(rel, n)] })
+	}
+	na, nb = keep(na), keep(nb)
 	i, j := 0, 0
 	for i < len(na) || j < len(nb) {
 		switch {

@@ -2,6 +2,7 @@ package testtree
 
 import (
 	"bytes"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -32,6 +33,9 @@ func (c *comparer) rsync(a, b string) {
 		c.t.Logf("testtree.Compare: %d paths too long for rsync, compared by the walk only", len(c.long))
 	}
 	var skip []string
+	for _, rel := range slices.Sorted(maps.Keys(c.skip)) {
+		skip = append(skip, "- "+rsyncPattern(rel))
+	}
 	for _, rel := range slices.Concat(c.long, c.big) {
 		skip = append(skip, "- "+rsyncPattern(rel))
 	}

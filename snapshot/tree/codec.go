@@ -181,6 +181,10 @@ func (d *decoder) uvarint(max uint64, what string) uint64 {
 		d.fail("bad %s", what)
 		return 0
 	}
+	if n > 1 && d.data[n-1] == 0 {
+		d.fail("overlong %s", what)
+		return 0
+	}
 	d.data = d.data[n:]
 	if v > max {
 		d.fail("%s %d exceeds %d", what, v, max)
@@ -196,6 +200,10 @@ func (d *decoder) varint(what string) int64 {
 	v, n := binary.Varint(d.data)
 	if n <= 0 {
 		d.fail("bad %s", what)
+		return 0
+	}
+	if n > 1 && d.data[n-1] == 0 {
+		d.fail("overlong %s", what)
 		return 0
 	}
 	d.data = d.data[n:]
@@ -239,13 +247,15 @@ func Decode(data []byte) (*Tree, error) {
 	if v := d.byte(); d.err == nil && v != FormatVersion {
 		return nil, fmt.Errorf("%w: unknown format version %d", ErrCorrupt, v)
 	}
-	// The smallest entry is 17 bytes, so the count is bounded by the blob.
-	count := d.uvarint(uint64(len(data)/17), "entry count")
+	// The smallest entry (a FIFO with a one-byte name) is 13 bytes, so the
+	// count is bounded by the blob.
+	count := d.uvarint(uint64(len(data)/13), "entry count")
 	if d.err != nil {
 		return nil, d.err
 	}
-	t := &Tree{Nodes: make([]Node, 0, count)}
+	t := &Tree{Nodes: make([]Node, 0, min(count, preallocMax))}
 	for i := uint64(0); i < count; i++ {
+		t.Nodes = room(t.Nodes, count)
 		var n Node
 		d.node(&n)
 		if d.err != nil {
@@ -263,6 +273,23 @@ func Decode(data []byte) (*Tree, error) {
 		return nil, fmt.Errorf("%w: %d bytes after the last entry", ErrCorrupt, len(d.data))
 	}
 	return t, nil
+}
+
+// preallocMax bounds the entries or extents allocated before any is
+// decoded. A count is bounded by the bytes left in the blob, but a node
+// takes about 15 times its smallest encoding in memory and an extent 20, so
+// a blob of MaxTreeBlob bytes that declares the most it could hold and then
+// fails would cost gigabytes; beyond preallocMax, room doubles as entries
+// actually decode.
+const preallocMax = 1024
+
+// room returns s with space for one more element, doubling its capacity
+// when full but never beyond count elements.
+func room[S ~[]E, E any](s S, count uint64) S {
+	if len(s) < cap(s) {
+		return s
+	}
+	return slices.Grow(s, int(min(count-uint64(len(s)), uint64(max(len(s), 1)))))
 }
 
 func (d *decoder) node(n *Node) {
@@ -323,9 +350,10 @@ func (d *decoder) content(n *Node) {
 	if d.err != nil || count == 0 {
 		return
 	}
-	n.Content = make([]Extent, 0, count)
+	n.Content = make([]Extent, 0, min(count, preallocMax))
 	var size uint64
 	for i := uint64(0); i < count && d.err == nil; i++ {
+		n.Content = room(n.Content, count)
 		var e Extent
 		switch kind := d.byte(); kind {
 		case extentData:

@@ -131,6 +131,28 @@ func TestDecodeRejectsHostileNames(t *testing.T) {
 	}
 }
 
+func TestDecodeSmallestEntry(t *testing.T) {
+	// A FIFO named "f" with every number zero is the smallest entry: 13
+	// bytes. The count bound must admit it, and an overlong varint in it
+	// must be refused, so one tree has one encoding.
+	blob, err := Encode(&Tree{Nodes: []Node{{Name: "f", Type: FIFO}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(blob) != 2+13 {
+		t.Fatalf("smallest tree is %d bytes", len(blob))
+	}
+	if _, err := Decode(blob); err != nil {
+		t.Fatalf("smallest tree: %v", err)
+	}
+	// The mtime is the ninth byte of the entry; pad it to 0x80 0x80 0x00.
+	const mtime = 2 + 8
+	long := append(append(append([]byte{}, blob[:mtime]...), 0x80, 0x80, 0x00), blob[mtime+1:]...)
+	if _, err := Decode(long); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("overlong varint: got %v", err)
+	}
+}
+
 func TestDecodeRejectsHugeCounts(t *testing.T) {
 	// A count far beyond the blob must fail before allocating for it.
 	blob := []byte{FormatVersion, 0xff, 0xff, 0xff, 0xff, 0x0f}
@@ -150,7 +172,22 @@ func FuzzDecode(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte{FormatVersion, 0})
 	f.Add(encodeRaw(Node{Name: "..", Type: Dir}))
+	for _, n := range sample().Nodes {
+		one, _ := AppendNode(nil, &n)
+		f.Add(one)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// The same bytes as one node (the change cache and a snapshot's
+		// root directory hold nodes alone): canonical too.
+		if n, err := DecodeNode(data); err == nil {
+			again, err := AppendNode(nil, &n)
+			if err != nil {
+				t.Fatalf("decoded node does not encode: %v", err)
+			}
+			if !bytes.Equal(again, data) {
+				t.Fatalf("node re-encoding differs:\n got %x\nwant %x", again, data)
+			}
+		}
 		tr, err := Decode(data)
 		if err != nil {
 			return
@@ -160,14 +197,14 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("decoded a bad name: %v", err)
 			}
 		}
-		// Whatever decodes re-encodes to something that decodes the same.
+		// The encoding is canonical: whatever decodes re-encodes to the
+		// same bytes, so a tree has one ID.
 		again, err := Encode(tr)
 		if err != nil {
 			t.Fatalf("decoded tree does not encode: %v", err)
 		}
-		tr2, err := Decode(again)
-		if err != nil || !reflect.DeepEqual(tr, tr2) {
-			t.Fatalf("re-decode differs: %v", err)
+		if !bytes.Equal(again, data) {
+			t.Fatalf("re-encoding differs:\n got %x\nwant %x", again, data)
 		}
 	})
 }

@@ -119,35 +119,8 @@ func Start(t testing.TB, authorizedKeys ...string) *Server {
 	}
 	s.Authorize(authorizedKeys...)
 
-	config := strings.Join([]string{
-		"HostKey " + s.HostKey,
-		"HostKey " + ecdsaHostKey,
-		"AuthorizedKeysFile " + s.authorizedKeys,
-		"PubkeyAuthentication yes",
-		"PasswordAuthentication no",
-		"KbdInteractiveAuthentication no",
-		"UsePAM no",
-		"StrictModes no",
-		"PermitRootLogin prohibit-password",
-		"AllowTcpForwarding no",
-		"AllowAgentForwarding no",
-		"X11Forwarding no",
-		"PermitTunnel no",
-		"PrintMotd no",
-		"PrintLastLog no",
-		"UseDNS no",
-		"PidFile none",
-		"LogLevel VERBOSE",
-		"LoginGraceTime 10",
-		"", // no Subsystem: no sftp
-	}, "\n")
-	if err := os.WriteFile(s.config, []byte(config), 0o644); err != nil {
+	if err := s.writeConfig(false); err != nil {
 		t.Fatalf("sshdtest: %v", err)
-	}
-	// Check the configuration once, so that a mistake shows here and not as
-	// a closed connection in the test.
-	if out, err := exec.Command(sshd, "-t", "-f", s.config).CombinedOutput(); err != nil {
-		t.Fatalf("sshdtest: %s -t -f %s: %v\n%s", sshd, s.config, err, out)
 	}
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -170,6 +143,65 @@ func Start(t testing.TB, authorizedKeys ...string) *Server {
 	})
 	t.Cleanup(s.Stop)
 	return s
+}
+
+// StockConfig makes the daemon run, from the next connection on, with the
+// permissions of a stock sshd instead of the harness's own refusals: TCP,
+// agent and X11 forwarding and ttys allowed (the defaults), the sftp
+// subsystem configured and LANG and LC_* accepted from the client (as
+// distributions ship it). What a client is then refused, the options of its
+// authorized_keys line refuse (command=, restrict), not the harness.
+func (s *Server) StockConfig(t testing.TB) {
+	t.Helper()
+	if err := s.writeConfig(true); err != nil {
+		t.Fatalf("sshdtest: %v", err)
+	}
+}
+
+// writeConfig writes the daemon's configuration, the harness's locked-down
+// one or, if stock, one with a stock sshd's permissions, and checks it.
+func (s *Server) writeConfig(stock bool) error {
+	lines := []string{
+		"HostKey " + s.HostKey,
+		"HostKey " + filepath.Join(s.Dir, "ssh_host_ecdsa_key"),
+		"AuthorizedKeysFile " + s.authorizedKeys,
+		"PubkeyAuthentication yes",
+		"PasswordAuthentication no",
+		"KbdInteractiveAuthentication no",
+		"UsePAM no",
+		"StrictModes no",
+		"PermitRootLogin prohibit-password",
+		"PrintMotd no",
+		"PrintLastLog no",
+		"UseDNS no",
+		"PidFile none",
+		"LogLevel VERBOSE",
+		"LoginGraceTime 10",
+	}
+	if stock {
+		lines = append(lines,
+			"X11Forwarding yes",
+			"AcceptEnv LANG LC_*",
+			"Subsystem sftp internal-sftp",
+		)
+	} else {
+		lines = append(lines,
+			"AllowTcpForwarding no",
+			"AllowAgentForwarding no",
+			"X11Forwarding no",
+			"PermitTunnel no",
+			"", // no Subsystem: no sftp
+		)
+	}
+	if err := writeFileAtomic(s.config, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+		return err
+	}
+	// Check the configuration once, so that a mistake shows here and not as
+	// a closed connection in the test.
+	if out, err := exec.Command(s.sshd, "-t", "-f", s.config).CombinedOutput(); err != nil {
+		return fmt.Errorf("%s -t -f %s: %w\n%s", s.sshd, s.config, err, out)
+	}
+	return nil
 }
 
 // findSSHD returns the absolute path of sshd, or "" if there is none. sshd
