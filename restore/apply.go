@@ -85,7 +85,12 @@ func (c *applyCounters) stats() *ApplyStats {
 
 // applier is one run of Apply. The walker goroutine owns links and dirs.
 type applier struct {
-	ctx     context.Context
+	ctx context.Context
+	// stop ends phase 1 early with its cause: a writer's fatal error
+	// (disk full, a blob that cannot be read) stops the walker too,
+	// rather than letting it create and delete entries to the end of the
+	// tree with every file write refused.
+	stop    context.CancelCauseFunc
 	loader  snapshot.BlobLoader
 	sel     *selection.Selection
 	protect *selection.Selection // nil: nothing protected
@@ -188,7 +193,8 @@ func Apply(ctx context.Context, loader snapshot.BlobLoader, rec *snapshot.Record
 
 	// Phase 1: the walk, with writers filling files behind it.
 	g, gctx := errgroup.WithContext(ctx)
-	a.ctx = gctx
+	a.ctx, a.stop = context.WithCancelCause(gctx)
+	defer a.stop(nil)
 	a.files = make(chan *applyTask, fileQueue)
 	rootChanged := false // entries of "/" changed, or its flags were cleared
 	g.Go(func() error {
@@ -281,8 +287,8 @@ func (a *applier) dir(d *dirHandle, p string, self *tree.Node, t *tree.Tree, ref
 		changed = a.deleteExtras(d, p, t, class)
 	}
 	for i := range t.Nodes {
-		if err := a.ctx.Err(); err != nil {
-			return changed, err
+		if a.ctx.Err() != nil {
+			return changed, context.Cause(a.ctx)
 		}
 		n := &t.Nodes[i]
 		cp := childPath(p, n.Name)

@@ -17,8 +17,9 @@ import (
 	"github.com/understudy/understudy/snapshot/tree"
 )
 
-// writer writes queued files. After an error it keeps draining the queue,
-// releasing each task, so that the walker never waits forever.
+// writer writes queued files. After a fatal error it stops the walk and
+// keeps draining the queue, releasing each task, so that the walker never
+// waits forever.
 func (a *applier) writer() error {
 	var buf []byte
 	var first error
@@ -32,6 +33,9 @@ func (a *applier) writer() error {
 					first = fsmeta.NoSpace(err, path.Join(a.opts.Target, t.path))
 				} else {
 					a.warn(t.path, err)
+				}
+				if first != nil {
+					a.stop(first)
 				}
 			}
 		}
