@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
 	"github.com/understudy/understudy/restore"
@@ -272,4 +274,80 @@ func TestAutoReply(t *testing.T) {
 			t.Errorf("%s: stats %s", c.name, stats)
 		}
 	}
+}
+
+// TestPushApplyOverSSHIntoASwappedDirectory: between two pushes, someone
+// with access to the standby replaces a directory of its live tree with a
+// symlink to a directory outside it. The second push --apply, through a
+// confined serve, replaces the symlink with the snapshot's directory and
+// writes, chmods, chowns and deletes nothing outside the target.
+func TestPushApplyOverSSHIntoASwappedDirectory(t *testing.T) {
+	base := t.TempDir()
+	src, tree, standby := filepath.Join(base, "src"), filepath.Join(base, "tree"), filepath.Join(base, "standby")
+	target, outside := filepath.Join(base, "target"), filepath.Join(base, "outside")
+	s := sshdtest.Start(t)
+	runOK(t, "-r", src, "init")
+	runOK(t, "-r", standby, "init")
+	if err := os.Mkdir(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	files := map[string]string{
+		"srv/www/index.html": "version 1\n",
+		"srv/www/old.html":   "deleted by the second snapshot\n",
+	}
+	for i := range 40 { // enough unchanged files to keep under the mass-change guard
+		files[fmt.Sprintf("var/lib/%02d", i)] = fmt.Sprintf("unchanged %d\n", i)
+	}
+	writeFiles(t, tree, files)
+	runOK(t, "-r", src, "snapshot", "--root", tree, "/srv", "/var")
+	s.Authorize(fmt.Sprintf(`command="%s serve --allow-target %s --repo %s",restrict %s`, binary, target, standby, s.ClientPub))
+	push := append([]string{"-r", src, "push", "--to", s.URL(standby), "--apply", "--target", target}, sshFlags(s)...)
+	runOK(t, push...)
+
+	// The same names outside, so that a followed symlink would find
+	// every file the apply means to replace or delete.
+	writeFiles(t, outside, map[string]string{"index.html": "outside, not to be touched\n", "old.html": "outside too\n", "mine": "kept\n"})
+	if err := os.Chmod(outside, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	before := treeState(t, base, src, standby, target, tree)
+	ctimes := map[string]unix.Timespec{}
+	for p := range before {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		ctimes[p] = st.Ctim
+	}
+	www := filepath.Join(target, "srv/www")
+	if err := os.RemoveAll(www); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(outside, www); err != nil {
+		t.Fatal(err)
+	}
+
+	writeFiles(t, tree, map[string]string{"srv/www/index.html": "version 2\n", "srv/www/new.html": "added\n"})
+	if err := os.Remove(filepath.Join(tree, "srv/www/old.html")); err != nil {
+		t.Fatal(err)
+	}
+	runOK(t, "-r", src, "snapshot", "--root", tree, "/srv", "/var")
+	r := run(t, nil, push...)
+	if r.code != 0 {
+		t.Errorf("the second push --apply: exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+
+	sameTreeState(t, before, treeState(t, base, src, standby, target, tree))
+	for p, c := range ctimes {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err == nil && st.Ctim != c {
+			t.Errorf("%s outside the target had its inode changed (ctime %v, was %v)", p, st.Ctim, c)
+		}
+	}
+	if fi, err := os.Lstat(www); err != nil || !fi.IsDir() {
+		t.Errorf("%s after the apply: %v, %v; want the snapshot's directory", www, fi, err)
+	}
+	// A full comparison: the symlink's replacement is the snapshot's
+	// directory with its content, and nothing else differs.
+	runOK(t, "-r", standby, "verify", "--target", target)
 }
