@@ -42,9 +42,12 @@ func ParseCron(expr string) (*cron.SpecSchedule, error) {
 	spec := strings.TrimSpace(expr)
 	var zone string
 	if strings.HasPrefix(spec, "TZ=") || strings.HasPrefix(spec, "CRON_TZ=") {
-		if i := strings.Index(spec, " "); i > 0 {
-			zone, spec = spec[:i+1], strings.TrimSpace(spec[i:])
+		i := strings.IndexAny(spec, " \t")
+		if i < 0 {
+			// robfig/cron slices up to the space it assumes (a panic).
+			return nil, fmt.Errorf("%q names a time zone but no schedule after it", expr)
 		}
+		zone, spec = spec[:i]+" ", strings.TrimSpace(spec[i:])
 	}
 	if f := strings.Fields(spec); len(f) == 5 && !strings.HasPrefix(spec, "@") {
 		f[4] = sundaySeven(f[4])

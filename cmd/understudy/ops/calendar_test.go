@@ -125,6 +125,16 @@ func TestCalendarParseCron(t *testing.T) {
 			t.Errorf("ParseCron(%q) = %+v, robfig/cron reads %+v", c.expr, got, w)
 		}
 	}
+	// A zone without a schedule made robfig/cron slice out of range
+	// (found by FuzzParseConfig).
+	for _, expr := range []string{"TZ=UTC", "CRON_TZ=Europe/Berlin ", "TZ=000000000000 ", "TZ=", "TZ=UTC \t"} {
+		if _, err := ParseCron(expr); err == nil {
+			t.Errorf("ParseCron(%q) accepted a zone without a schedule", expr)
+		}
+	}
+	if s, err := ParseCron("TZ=UTC\t30 4 * * *"); err != nil || s.Location.String() != "UTC" || s.Minute != 1<<30 {
+		t.Errorf("ParseCron with a tab after the zone: %+v, %v", s, err)
+	}
 	for field, want := range map[string]string{
 		"7": "0", "5-7": "5,6,0", "1-7/3": "1,4,0", "sun-7/2": "0,2,4,6", "mon,7": "mon,0",
 		"fri-7,tue": "5,6,0,tue", "7/2": "0", "1-5": "1-5", "*/2": "*/2", "*": "*", "8-7": "8-7", "x-7": "x-7",
