@@ -12,7 +12,11 @@
 // descriptor, and the l* calls do not follow the final name) or through an
 // O_PATH descriptor of the entry. So a symlink planted in the tree can never
 // redirect a read or a write, and paths longer than PATH_MAX work. /proc must
-// be mounted.
+// be mounted. Where the caller holds a descriptor of a regular file or
+// directory (the file just written, an entry opened and checked by inode),
+// owner, mode, times, xattrs and flags are all set through it (fchown,
+// fchmod, futimens, f*xattr, the flags ioctl), so a name swapped for a hard
+// link to another file after the open changes nothing of that file.
 //
 // The xattr calls are golang.org/x/sys/unix's, not github.com/pkg/xattr's:
 // that library takes paths or *os.File, and wrapping the raw descriptors

@@ -3,6 +3,7 @@ package fsmeta
 import (
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -93,7 +94,16 @@ func Apply(dirfd int, name string, fd int, n *tree.Node) error {
 		}
 	}
 
-	if err := unix.Fchownat(dirfd, name, int(n.UID), int(n.GID), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	// With a descriptor, owner and times go through it like everything
+	// else: name may have been replaced since it was opened (by a hard
+	// link to a file elsewhere on the filesystem, say), and a change by
+	// name would land on that file.
+	if fd >= 0 {
+		err = unix.Fchown(fd, int(n.UID), int(n.GID))
+	} else {
+		err = unix.Fchownat(dirfd, name, int(n.UID), int(n.GID), unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
 		return newError(name, "set owner", err)
 	}
 
@@ -120,7 +130,12 @@ func Apply(dirfd int, name string, fd int, n *tree.Node) error {
 		{Nsec: unix.UTIME_OMIT},
 		{Sec: n.MtimeSec, Nsec: int64(n.MtimeNsec)},
 	}
-	if err := unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if fd >= 0 {
+		err = futimens(fd, ts)
+	} else {
+		err = unix.UtimesNanoAt(dirfd, name, ts, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
 		return errors.Join(append(skipped, newError(name, "set mtime", err))...)
 	}
 
@@ -193,4 +208,15 @@ func chmodNoFollow(dirfd int, name string, st *unix.Stat_t, mode uint32) error {
 		return ErrChanged
 	}
 	return unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", pfd), mode)
+}
+
+// futimens sets the times of the open file fd: utimensat with a NULL path,
+// as the C library's futimens does. x/sys/unix has no call for it: its
+// UtimesNanoAt always passes a path, and an empty one is ENOENT.
+func futimens(fd int, ts []unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(&ts[0])), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }

@@ -480,3 +480,45 @@ func TestErrorMessage(t *testing.T) {
 		t.Errorf("unsupported(...) = %v, want ErrUnsupported and EOPNOTSUPP", u)
 	}
 }
+
+// TestApplyThroughTheDescriptor: given a descriptor, Apply sets owner and
+// times on that inode even when the name now holds another file, as it
+// would after an attacker replaced it with a hard link to a file elsewhere
+// on the filesystem between the open and the metadata.
+func TestApplyThroughTheDescriptor(t *testing.T) {
+	testtree.NeedRoot(t)
+	root := t.TempDir()
+	testtree.Build(t, root, testtree.Dir{
+		"written": testtree.File{Mode: 0o600},
+		"victim":  testtree.File{Mode: 0o640, Content: []byte("root:x:0:0::/root:/bin/sh\n")},
+	})
+	dirfd := openDir(t, root)
+	fd, err := unix.Openat(dirfd, "written", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	victimBefore := readNode(t, dirfd, "victim", nil)
+	// The swap: "written" becomes a second name of victim.
+	if err := unix.Unlinkat(dirfd, "written", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Linkat(dirfd, "victim", dirfd, "written", 0); err != nil {
+		t.Fatal(err)
+	}
+	want := tree.Node{Type: tree.File, Mode: 0o4755, UID: 1234, GID: 5678, MtimeSec: 1e9, MtimeNsec: 5,
+		Xattrs: []tree.Xattr{{Name: "trusted.mark", Value: []byte("x")}}}
+	if err := Apply(dirfd, "written", fd, &want); err != nil {
+		t.Fatal(err)
+	}
+	if got := readNode(t, dirfd, "victim", nil); !reflect.DeepEqual(got, victimBefore) {
+		t.Errorf("the file behind the swapped name was changed:\n got %s\nwas %s", describe(&got), describe(&victimBefore))
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 1234 || st.Gid != 5678 || st.Mode&0o7777 != 0o4755 || st.Mtim != (unix.Timespec{Sec: 1e9, Nsec: 5}) {
+		t.Errorf("the descriptor's inode: uid %d gid %d mode %o mtime %v; want 1234 5678 4755 1e9.000000005", st.Uid, st.Gid, st.Mode&0o7777, st.Mtim)
+	}
+}
