@@ -67,7 +67,7 @@ func standbyInUse(tx *bolt.Tx) (map[ID]string, error) {
 	}
 	err := b.ForEach(func(k, v []byte) error {
 		var st StandbyState
-		if err := decodeStandby(string(k), v, &st); err != nil {
+		if err := standbyStates.decode(string(k), v, &st); err != nil {
 			return err
 		}
 		name := func(id ID, why string) {

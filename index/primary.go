@@ -1,11 +1,8 @@
 package index
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // The primary state lives in bucket "primary": one key per set name, whose
@@ -13,9 +10,6 @@ import (
 // is made by the first update, so a repository that never pushed or ran a
 // set has none.
 var bucketPrimary = []byte("primary")
-
-// maxPrimaryState bounds a stored state, for a damaged index.
-const maxPrimaryState = 1 << 20
 
 // PrimaryState is what this host, as the set's primary, last did with it.
 type PrimaryState struct {
@@ -50,80 +44,26 @@ type PushState struct {
 
 // Primary returns the primary state of set; the zero state if none was
 // recorded.
-func (db *DB) Primary(set string) (PrimaryState, error) {
-	var st PrimaryState
-	err := db.bolt.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPrimary)
-		if b == nil {
-			return nil
-		}
-		return decodePrimary(set, b.Get([]byte(set)), &st)
-	})
-	return st, err
-}
+func (db *DB) Primary(set string) (PrimaryState, error) { return primaryStates.get(db, set) }
 
 // UpdatePrimary changes the primary state of set in one transaction: fn
 // gets the current state and changes it; an error from fn changes nothing.
 func (db *DB) UpdatePrimary(set string, fn func(*PrimaryState) error) error {
-	if set == "" || len(set) > bolt.MaxKeySize {
-		return fmt.Errorf("primary state: invalid set name %q", set)
-	}
-	return db.bolt.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucketPrimary)
-		if err != nil {
-			return err
-		}
-		var st PrimaryState
-		if err := decodePrimary(set, b.Get([]byte(set)), &st); err != nil {
-			return err
-		}
-		if err := fn(&st); err != nil {
-			return err
-		}
-		v, err := json.Marshal(st)
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(set), v)
-	})
-}
-
-func decodePrimary(set string, v []byte, st *PrimaryState) error {
-	if v == nil {
-		return nil
-	}
-	if len(v) > maxPrimaryState {
-		return fmt.Errorf("primary state of set %q: %d bytes", set, len(v))
-	}
-	if err := json.Unmarshal(v, st); err != nil {
-		return fmt.Errorf("primary state of set %q: %w", set, err)
-	}
-	for key, p := range st.Pushes {
-		if p == nil {
-			return fmt.Errorf("primary state of set %q: standby %q has no push state", set, key)
-		}
-	}
-	return nil
+	return primaryStates.update(db, set, fn)
 }
 
 // PrimaryStates returns the primary state of every set that has one.
-func (db *DB) PrimaryStates() (map[string]PrimaryState, error) {
-	states := map[string]PrimaryState{}
-	err := db.bolt.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketPrimary)
-		if b == nil {
-			return nil
+func (db *DB) PrimaryStates() (map[string]PrimaryState, error) { return primaryStates.all(db) }
+
+// checkPrimary refuses a state with a standby but no push state: its
+// callers dereference them.
+func checkPrimary(st *PrimaryState) error {
+	for key, p := range st.Pushes {
+		if p == nil {
+			return fmt.Errorf("standby %q has no push state", key)
 		}
-		return b.ForEach(func(k, v []byte) error {
-			var st PrimaryState
-			if err := decodePrimary(string(k), v, &st); err != nil {
-				return err
-			}
-			states[string(k)] = st
-			return nil
-		})
-	})
-	return states, err
+	}
+	return nil
 }
 
 // Push returns the push state of the standby named key, adding one for

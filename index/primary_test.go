@@ -117,7 +117,7 @@ func TestPrimaryStateDamaged(t *testing.T) {
 		[]byte("{not json"),
 		[]byte(`{"pushes":{"dr":null}}`),
 		[]byte(`{"pushes":{"dr":{"snapshot":"abc"}}}`),
-		make([]byte, maxPrimaryState+1),
+		make([]byte, maxSetState+1),
 	} {
 		err := db.Bolt().Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketPrimary).Put([]byte("os"), bad) })
 		if err != nil {

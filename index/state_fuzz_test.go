@@ -26,13 +26,13 @@ func FuzzDecodeState(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, v []byte) {
 		var st StandbyState
-		if err := decodeStandby("s", v, &st); err == nil {
+		if err := standbyStates.decode("s", v, &st); err == nil {
 			again, err := json.Marshal(st)
 			if err != nil {
 				t.Fatalf("an accepted standby state does not encode: %v", err)
 			}
 			var st2 StandbyState
-			if err := decodeStandby("s", again, &st2); err != nil {
+			if err := standbyStates.decode("s", again, &st2); err != nil {
 				t.Fatalf("a stored standby state is refused: %v\n%s", err, again)
 			}
 			if third, _ := json.Marshal(st2); !bytes.Equal(third, again) {
@@ -40,7 +40,7 @@ func FuzzDecodeState(f *testing.F) {
 			}
 		}
 		var ps PrimaryState
-		if err := decodePrimary("s", v, &ps); err == nil {
+		if err := primaryStates.decode("s", v, &ps); err == nil {
 			for key, p := range ps.Pushes {
 				if p == nil {
 					t.Fatalf("standby %q without a push state accepted", key)
@@ -51,7 +51,7 @@ func FuzzDecodeState(f *testing.F) {
 				t.Fatalf("an accepted primary state does not encode: %v", err)
 			}
 			var ps2 PrimaryState
-			if err := decodePrimary("s", again, &ps2); err != nil {
+			if err := primaryStates.decode("s", again, &ps2); err != nil {
 				t.Fatalf("a stored primary state is refused: %v\n%s", err, again)
 			}
 			if third, _ := json.Marshal(ps2); !bytes.Equal(third, again) {
