@@ -133,40 +133,13 @@ restic_restore() {
 apply_bench() {
   need_tools restic=restic rsync=rsync tar=tar /usr/bin/time=time python3=python3
   prepare
-  case $1 in
-    copy)
-      [ "$(id -u)" = 0 ] || die "copying $src with its owners needs root"
-      [ -d "$src" ] || die "$src is not a directory"
-      local src_bytes
-      src_bytes=$(du -sb "$src" | cut -f1)
-      # the corpus, understudy's target and restic's restore (later the
-      # rsync copy) at 1× each, two repositories at up to 0.5× each, and
-      # 1 GiB to spare
-      need_space $((src_bytes * 4 + (1 << 30))) \
-        $(($(find "$src" -xdev | wc -l) * 3)) "a benchmark on $src"
-      corpus=$BENCH_DIR/corpus/$(basename "$src")
-      corpus_name="a copy of $src"
-      say "copying $src ($(gib "$src_bytes") GiB) to $corpus"
-      mkdir -p "$BENCH_DIR/corpus"
-      cp -a "$src" "$corpus"
-      build
-      ;;
-    small)
-      # a generated file takes about 6 KiB of disk; the factor is as for copy
-      need_space $((n * 6 * 1024 * 4 + (1 << 30))) $((n * 3)) "$n small files"
-      build
-      corpus=$BENCH_DIR/corpus/small
-      corpus_name="$n generated small files (gentree, seed 1)"
-      say "generating $n small files in $corpus"
-      "$gentree" -gen "$corpus" -n "$n" -seed 1 >"$BENCH_DIR/logs/gentree.log"
-      ;;
-  esac
+  # the corpus, understudy's target and restic's restore (later the rsync
+  # copy) at 1× each, two repositories at up to 0.5× each
+  [ "$1" != copy ] || [ "$(id -u)" = 0 ] || die "copying $src with its owners needs root"
+  make_corpus "$1" 4 1
   # The snapshot is of /NAME inside the root $BENCH_DIR/corpus, so that apply
   # places it at TARGET/NAME.
   root=$BENCH_DIR/corpus place=/$(basename "$corpus")
-  corpus_files=$(count_files "$corpus")
-  corpus_desc="$corpus_files regular files, $(find "$corpus" -type d | wc -l) directories, $(du -sb "$corpus" | awk '{ printf "%.2f GiB", $1 / 2^30 }')"
-  say "corpus: $corpus_desc"
 
   repo=$BENCH_DIR/repo-understudy target=$BENCH_DIR/target rcopy=$BENCH_DIR/rsync-target
   export RESTIC_REPOSITORY=$BENCH_DIR/repo-restic RESTIC_PASSWORD=understudy-bench
@@ -216,11 +189,7 @@ apply_bench() {
   run_apply rollback "$snap1" "$us" -r "$repo" --json rollback --target "$target" --steps 1 --set default
   check_target rollback "$snap1"
 
-  report >"$BENCH_DIR/results.txt"
-  echo
-  cat "$BENCH_DIR/results.txt"
-  echo
-  say "written to $BENCH_DIR/results.txt; logs in $BENCH_DIR/logs"
+  publish report
 }
 
 report() {
@@ -266,20 +235,4 @@ report() {
     }' "$rows"
 }
 
-case ${1:-} in
-  usr)
-    [ $# -eq 1 ] || usage
-    src=/usr
-    apply_bench copy ;;
-  copy)
-    [ $# -eq 2 ] || usage
-    src=$(realpath -e "$2") || die "$2 does not exist"
-    [ "$src" != / ] || die "copying / is not supported; name a directory below it"
-    apply_bench copy ;;
-  small)
-    [ $# -le 2 ] || usage
-    n=${2:-1000000}
-    is_count "$n" || usage
-    apply_bench small ;;
-  *) usage ;;
-esac
+corpus_main apply_bench "$@"

@@ -136,35 +136,10 @@ compare() {
   local t
   need_tools restic=restic borg=borgbackup rsync=rsync tar=tar /usr/bin/time=time
   prepare
-  case $1 in
-    copy)
-      [ "$(id -u)" = 0 ] || die "copying $src with its owners needs root"
-      [ -d "$src" ] || die "$src is not a directory"
-      local src_bytes
-      src_bytes=$(du -sb "$src" | cut -f1)
-      # corpus, rsync copy and one restore at 1× each, three repositories
-      # at up to 0.5× each, and 1 GiB to spare
-      need_space $((src_bytes * 7 / 2 + (1 << 30))) \
-        $(($(find "$src" -xdev | wc -l) * 7 / 2)) "a benchmark on $src"
-      corpus=$BENCH_DIR/corpus/$(basename "$src")
-      corpus_name="a copy of $src"
-      say "copying $src ($(gib "$src_bytes") GiB) to $corpus"
-      mkdir -p "$BENCH_DIR/corpus"
-      cp -a "$src" "$corpus"
-      build
-      ;;
-    small)
-      # a generated file takes about 6 KiB of disk; the factor is as for copy
-      need_space $((n * 6 * 1024 * 7 / 2 + (1 << 30))) $((n * 7 / 2)) "$n small files"
-      build
-      corpus=$BENCH_DIR/corpus/small
-      corpus_name="$n generated small files (gentree, seed 1)"
-      say "generating $n small files in $corpus"
-      "$gentree" -gen "$corpus" -n "$n" -seed 1 >"$BENCH_DIR/logs/gentree.log"
-      ;;
-  esac
-  corpus_desc="$(count_files "$corpus") regular files, $(find "$corpus" -type d | wc -l) directories, $(du -sb "$corpus" | awk '{ printf "%.2f GiB", $1 / 2^30 }')"
-  say "corpus: $corpus_desc"
+  # corpus, rsync copy and one restore at 1× each, three repositories at
+  # up to 0.5× each
+  [ "$1" != copy ] || [ "$(id -u)" = 0 ] || die "copying $src with its owners needs root"
+  make_corpus "$1" 7 2
   setup_tools
 
   say "(a) initial snapshot"
@@ -182,11 +157,7 @@ compare() {
   say "(d) full restore into an empty directory"
   for t in "${tools[@]}"; do restore "$t"; done
 
-  report_compare >"$BENCH_DIR/results.txt"
-  echo
-  cat "$BENCH_DIR/results.txt"
-  echo
-  say "written to $BENCH_DIR/results.txt; logs in $BENCH_DIR/logs"
+  publish report_compare
 }
 
 record_sizes() {
@@ -284,23 +255,9 @@ rss() {
   say "written to $BENCH_DIR/results.txt; logs in $BENCH_DIR/logs"
 }
 
-case ${1:-} in
-  usr)
-    [ $# -eq 1 ] || usage
-    src=/usr
-    compare copy ;;
-  copy)
-    [ $# -eq 2 ] || usage
-    src=$(realpath -e "$2") || die "$2 does not exist"
-    [ "$src" != / ] || die "copying / is not supported; name a directory below it"
-    compare copy ;;
-  small)
-    [ $# -le 2 ] || usage
-    n=${2:-1000000}
-    is_count "$n" || usage
-    compare small ;;
-  rss)
-    shift
-    rss "$@" ;;
-  *) usage ;;
-esac
+if [ "${1:-}" = rss ]; then
+  shift
+  rss "$@"
+else
+  corpus_main compare "$@"
+fi

@@ -32,6 +32,8 @@ for pkg in $(go list ./...); do
       echo "  $f: the fuzz coordinator's deadline race (go.dev/issue/75804), no failing input; try $try"
     done
     [ "$ok" = 1 ] || echo "  $f: tolerated twice: no failing input was found"
+    # the coordinator's last progress line: executions and corpus size
+    grep 'fuzz: elapsed' "$log" | tail -n 1 | sed 's/^/  /'
     rm -f "$log"
     if [ "$keep" -gt 0 ] && [ -d "$cache/$pkg/$f" ]; then
       mkdir -p "$dir/testdata/fuzz/$f"

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by compare.sh and push.sh; sourced, not run. The caller
+# Helpers shared by the bench scripts; sourced, not run. The caller
 # sets BENCH_DIR and invocation ("bash bench/NAME.sh ARGS") first.
 
 marker=.understudy-bench # marks a directory a bench script may wipe
@@ -125,4 +125,80 @@ record() {
   echo "$phase $label $wall $user $sys $rss" >>"$rows"
   awk -v p="$phase" -v l="$label" -v w="$wall" -v u="$user" -v s="$sys" -v r="$rss" -v pw="$width" \
     'BEGIN { printf "   %-*s %-10s %8.2f s wall %8.2f s CPU %7.1f MiB peak RSS\n", pw, p, l, w, u + s, r / 1024 }'
+}
+
+# make_corpus copy|small NUM DEN: the corpus of a benchmark: a copy of $src
+# (copy) or $n files made by gentree (small), checking first that the
+# filesystem has NUM/DEN times the corpus's bytes and inodes (the caller's
+# copies and repositories) and 1 GiB more. Builds understudy and sets
+# corpus, corpus_name and, through describe_corpus, corpus_desc.
+make_corpus() {
+  case $1 in
+    copy)
+      [ -d "$src" ] || die "$src is not a directory"
+      local src_bytes
+      src_bytes=$(du -sb "$src" | cut -f1)
+      need_space $((src_bytes * $2 / $3 + (1 << 30))) \
+        $(($(find "$src" -xdev | wc -l) * $2 / $3)) "a benchmark on $src"
+      corpus=$BENCH_DIR/corpus/$(basename "$src")
+      corpus_name="a copy of $src"
+      say "copying $src ($(gib "$src_bytes") GiB) to $corpus"
+      mkdir -p "$BENCH_DIR/corpus"
+      cp -a "$src" "$corpus"
+      build
+      ;;
+    small)
+      # a generated file takes about 6 KiB of disk
+      need_space $((n * 6 * 1024 * $2 / $3 + (1 << 30))) $((n * $2 / $3)) "$n small files"
+      build
+      corpus=$BENCH_DIR/corpus/small
+      corpus_name="$n generated small files (gentree, seed 1)"
+      say "generating $n small files in $corpus"
+      "$gentree" -gen "$corpus" -n "$n" -seed 1 >"$BENCH_DIR/logs/gentree.log"
+      ;;
+  esac
+  describe_corpus
+}
+
+# describe_corpus sets corpus_desc (files, directories, size of $corpus)
+# and says it.
+describe_corpus() {
+  corpus_files=$(count_files "$corpus")
+  corpus_desc="$corpus_files regular files, $(find "$corpus" -type d | wc -l) directories, $(du -sb "$corpus" | awk '{ printf "%.2f GiB", $1 / 2^30 }')"
+  say "corpus: $corpus_desc"
+}
+
+# publish REPORT: writes what the function REPORT prints to
+# $BENCH_DIR/results.txt and shows it.
+publish() {
+  "$1" >"$BENCH_DIR/results.txt"
+  echo
+  cat "$BENCH_DIR/results.txt"
+  echo
+  say "written to $BENCH_DIR/results.txt; logs in $BENCH_DIR/logs"
+}
+
+# corpus_main BENCH ARGS...: the command line of a corpus benchmark
+# (usr | copy DIR | small [N]); runs BENCH copy with $src set, or BENCH
+# small with $n set.
+corpus_main() {
+  local bench=$1
+  shift
+  case ${1:-} in
+    usr)
+      [ $# -eq 1 ] || usage
+      src=/usr
+      "$bench" copy ;;
+    copy)
+      [ $# -eq 2 ] || usage
+      src=$(realpath -e "$2") || die "$2 does not exist"
+      [ "$src" != / ] || die "copying / is not supported; name a directory below it"
+      "$bench" copy ;;
+    small)
+      [ $# -le 2 ] || usage
+      n=${2:-1000000}
+      is_count "$n" || usage
+      "$bench" small ;;
+    *) usage ;;
+  esac
 }

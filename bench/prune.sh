@@ -94,8 +94,7 @@ prune_bench() {
   mkdir -p "$BENCH_DIR/corpus"
   cp -a "$src" "$corpus"
   build
-  corpus_desc="$(count_files "$corpus") regular files, $(find "$corpus" -type d | wc -l) directories, $(du -sb "$corpus" | awk '{ printf "%.2f GiB", $1 / 2^30 }')"
-  say "corpus: $corpus_desc"
+  describe_corpus
 
   repo=$BENCH_DIR/repo-understudy
   export RESTIC_REPOSITORY=$BENCH_DIR/repo-restic RESTIC_PASSWORD=understudy-bench
@@ -168,11 +167,7 @@ print("%d packs deleted, %d repacked into %d (%d blobs, %.1f MiB copied), %d uni
   rm -rf -- "$dest"
   quiet check-restic restic check
 
-  report >"$BENCH_DIR/results.txt"
-  echo
-  cat "$BENCH_DIR/results.txt"
-  echo
-  say "written to $BENCH_DIR/results.txt; logs in $BENCH_DIR/logs"
+  publish report
 }
 
 report() {

@@ -324,35 +324,9 @@ push_bench() {
   need_tools rsync=rsync /usr/sbin/sshd=openssh-server ssh=openssh-client ssh-keygen=openssh-client \
     /usr/bin/time=time tar=tar python3=python3
   prepare
-  case $1 in
-    copy)
-      [ -d "$src" ] || die "$src is not a directory"
-      local src_bytes
-      src_bytes=$(du -sb "$src" | cut -f1)
-      # the corpus and two rsync copies (one at a time after the first) at
-      # 1× each, two repositories at up to 0.5× each, and 1 GiB to spare
-      need_space $((src_bytes * 4 + (1 << 30))) \
-        $(($(find "$src" -xdev | wc -l) * 3)) "a benchmark on $src"
-      corpus=$BENCH_DIR/corpus/$(basename "$src")
-      corpus_name="a copy of $src"
-      say "copying $src ($(gib "$src_bytes") GiB) to $corpus"
-      mkdir -p "$BENCH_DIR/corpus"
-      cp -a "$src" "$corpus"
-      build
-      ;;
-    small)
-      # a generated file takes about 6 KiB of disk; the factor is as for copy
-      need_space $((n * 6 * 1024 * 4 + (1 << 30))) $((n * 3)) "$n small files"
-      build
-      corpus=$BENCH_DIR/corpus/small
-      corpus_name="$n generated small files (gentree, seed 1)"
-      say "generating $n small files in $corpus"
-      "$gentree" -gen "$corpus" -n "$n" -seed 1 >"$BENCH_DIR/logs/gentree.log"
-      ;;
-  esac
-  corpus_files=$(count_files "$corpus")
-  corpus_desc="$corpus_files regular files, $(find "$corpus" -type d | wc -l) directories, $(du -sb "$corpus" | awk '{ printf "%.2f GiB", $1 / 2^30 }')"
-  say "corpus: $corpus_desc"
+  # the corpus and two rsync copies (one at a time after the first) at 1×
+  # each, two repositories at up to 0.5× each
+  make_corpus "$1" 4 1
 
   repo_p=$BENCH_DIR/repo-primary repo_s=$BENCH_DIR/repo-standby
   rcopy=$BENCH_DIR/rsync-copy rcopy_az=$BENCH_DIR/rsync-copy-az
@@ -410,11 +384,7 @@ push_bench() {
     fail "understudy check --read-data of the standby failed" "$BENCH_DIR/logs/check-read-data"
   stop_sshd
 
-  report >"$BENCH_DIR/results.txt"
-  echo
-  cat "$BENCH_DIR/results.txt"
-  echo
-  say "written to $BENCH_DIR/results.txt; logs in $BENCH_DIR/logs"
+  publish report
 }
 
 report() {
@@ -481,20 +451,4 @@ awk_size='function size(b) {
 }'
 
 [ "$(id -u)" = 0 ] || die "run it as root: it copies with owners and starts sshd for root logins"
-case ${1:-} in
-  usr)
-    [ $# -eq 1 ] || usage
-    src=/usr
-    push_bench copy ;;
-  copy)
-    [ $# -eq 2 ] || usage
-    src=$(realpath -e "$2") || die "$2 does not exist"
-    [ "$src" != / ] || die "copying / is not supported; name a directory below it"
-    push_bench copy ;;
-  small)
-    [ $# -le 2 ] || usage
-    n=${2:-1000000}
-    is_count "$n" || usage
-    push_bench small ;;
-  *) usage ;;
-esac
+corpus_main push_bench "$@"
