@@ -28,8 +28,14 @@ import (
 // Serve must refuse each, store nothing reachable, allocate little and
 // never hang.
 
-// allocated returns the bytes the heap gave out while f ran.
+// allocated returns the bytes the heap gave out while f ran. Two
+// collections first empty sync.Pools (the first moves their items to the
+// victim cache, the second drops them), so that every session allocates its
+// frame buffer: otherwise whether one does depends on what the last left
+// in frameBufs, and under the race detector, which drops a random quarter
+// of what is put in a pool, on chance.
 func allocated(f func()) uint64 {
+	runtime.GC()
 	runtime.GC()
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
