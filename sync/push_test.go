@@ -413,6 +413,21 @@ func rawClient(t *testing.T, dst string) (*pipeConn, *frameReader) {
 	return c, fr
 }
 
+// sendFrames writes frames to serve from a goroutine. Serve may refuse one
+// and stop reading to send its Error before the test has written the next,
+// and a write in the test's goroutine would then wait for a reader
+// forever, with serve waiting for the test to read its Error. The test's
+// Close ends a write still pending.
+func sendFrames(c *pipeConn, frames ...[]byte) {
+	go func() {
+		for _, f := range frames {
+			if _, err := c.Write(f); err != nil {
+				return
+			}
+		}
+	}()
+}
+
 func expectError(t *testing.T, fr *frameReader, want string) {
 	t.Helper()
 	typ, p, err := fr.next(nil)
@@ -472,8 +487,7 @@ func TestServeRefusesBadInput(t *testing.T) {
 		sb := rootBlob
 		sb.Type = index.DataBlob
 		sb.ID[0] ^= 1
-		writeFrame(c, fBlob, blobFrame(sb))
-		writeFrame(c, fHave, encodeHave(nil, []index.ID{sb.ID}))
+		sendFrames(c, frame(fBlob, blobFrame(sb)), frame(fHave, encodeHave(nil, []index.ID{sb.ID})))
 		expectError(t, fr, "does not match its ID")
 		c.Close()
 	})
@@ -624,8 +638,7 @@ func TestServeRefusesBadDelta(t *testing.T) {
 	d := delta{RawLength: uint32(len(content)), ID: index.Hash(content), Base: index.Hash([]byte("absent"))}
 	d.Type = index.DataBlob
 	d.Data = []byte{0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0}
-	writeFrame(c, fDelta, append(appendDeltaHeader(nil, d), d.Data...))
-	writeFrame(c, fHave, encodeHave(nil, []index.ID{d.ID}))
+	sendFrames(c, frame(fDelta, append(appendDeltaHeader(nil, d), d.Data...)), frame(fHave, encodeHave(nil, []index.ID{d.ID})))
 	expectError(t, fr, "predecessor")
 	c.Close()
 	checkRepo(t, dst)
