@@ -245,7 +245,7 @@ func (r *Repo) mark(ctx context.Context, opts PruneOptions, st *PruneStats) (map
 type packUse struct {
 	index.Pack
 	usedBytes    uint64 // stored bytes of its marked blobs
-	used, unused int    // blobs the index places in it
+	used         int    // blobs of it in use
 	unusedRecord bool   // it holds the record of a snapshot no longer indexed
 	action       packAction
 }
@@ -308,7 +308,6 @@ func (r *Repo) planPrune(marked map[index.ID]uint8, maxUnused float64, st *Prune
 			pu.used++
 			pu.usedBytes += uint64(b.Length)
 		default:
-			pu.unused++
 			if b.Type == index.SnapshotBlob {
 				pu.unusedRecord = true
 			}

@@ -1,6 +1,9 @@
 package index
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // The standby state lives in bucket "standby": one key per set name, whose
 // value is the JSON of a StandbyState. The bucket is made by the first
@@ -37,6 +40,18 @@ type StandbyState struct {
 	ConfigProtect []string `json:"config_protect,omitempty"`
 	// Targets are the live trees the set is applied to, by absolute path.
 	Targets map[string]*TargetState `json:"targets,omitempty"`
+}
+
+// Delay returns ApplyDelay as a duration, 0 when there is none.
+func (st *StandbyState) Delay() (time.Duration, error) {
+	if st.ApplyDelay == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(st.ApplyDelay)
+	if err != nil {
+		return 0, fmt.Errorf("apply delay %q: %w", st.ApplyDelay, err)
+	}
+	return d, nil
 }
 
 // GuardCheck is a user-defined sanity check: Command runs with a staging

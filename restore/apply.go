@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -101,6 +102,9 @@ type applier struct {
 	links []linkJob
 	// rootLinked: the link phase changed an entry of "/" itself.
 	rootLinked bool
+	// linkedDirs are the directories the link phase queued for their
+	// metadata, each once however many links it made there.
+	linkedDirs map[string]bool
 
 	batchMu   sync.Mutex
 	batch     []placement // written files waiting for a sync to be renamed
@@ -516,7 +520,7 @@ func (a *applier) needsNew(d *dirHandle, st *unix.Stat_t, n *tree.Node, rn []*tr
 			if r == nil {
 				continue
 			}
-			if r.Type == tree.File && !sameContent(r, n) && r.Size() == n.Size() && r.MtimeSec == n.MtimeSec && r.MtimeNsec == n.MtimeNsec {
+			if r.Type == tree.File && !slices.Equal(r.Content, n.Content) && r.Size() == n.Size() && r.MtimeSec == n.MtimeSec && r.MtimeNsec == n.MtimeNsec {
 				return true
 			}
 			if r.LinkTo != "" && st.Nlink > 1 {
@@ -573,18 +577,6 @@ func sameMeta(a, b *tree.Node) bool {
 	}
 	for i := range a.Xattrs {
 		if a.Xattrs[i].Name != b.Xattrs[i].Name || string(a.Xattrs[i].Value) != string(b.Xattrs[i].Value) {
-			return false
-		}
-	}
-	return true
-}
-
-func sameContent(a, b *tree.Node) bool {
-	if len(a.Content) != len(b.Content) {
-		return false
-	}
-	for i := range a.Content {
-		if a.Content[i] != b.Content[i] {
 			return false
 		}
 	}

@@ -358,13 +358,20 @@ func (a *applier) link(lj linkJob) error {
 	return nil
 }
 
-// touched queues the directory of a link path for its metadata: making
-// the link moved its mtime.
+// touched queues the directory of a link path for its metadata, once:
+// making the link moved its mtime.
 func (a *applier) touched(lj linkJob) {
+	dir := parentOf(lj.path)
 	switch {
 	case lj.dir != nil:
-		a.dirs = append(a.dirs, dirMeta{path: parentOf(lj.path), node: lj.dir})
-	case parentOf(lj.path) == "/":
+		if a.linkedDirs == nil {
+			a.linkedDirs = map[string]bool{}
+		}
+		if !a.linkedDirs[dir] {
+			a.linkedDirs[dir] = true
+			a.dirs = append(a.dirs, dirMeta{path: dir, node: lj.dir})
+		}
+	case dir == "/":
 		a.rootLinked = true
 	}
 }

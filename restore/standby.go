@@ -347,11 +347,9 @@ func (s *Standby) Auto(ctx context.Context, set, target string) (*AutoResult, er
 	if !state.Held.IsZero() {
 		return nil, refuse(fmt.Sprintf("the set is held since %s (understudy release resumes automatic applies)", state.Held.Local().Format(time.RFC3339)))
 	}
-	var delay time.Duration
-	if state.ApplyDelay != "" {
-		if delay, err = time.ParseDuration(state.ApplyDelay); err != nil {
-			return nil, fmt.Errorf("set %s: apply delay %q: %w", set, state.ApplyDelay, err)
-		}
+	delay, err := state.Delay()
+	if err != nil {
+		return nil, fmt.Errorf("set %s: %w", set, err)
 	}
 	var applied time.Time
 	ts := state.Targets[key]

@@ -142,13 +142,14 @@ func (r *reader) readFile(fj *fileJob) error {
 		if err := unix.Fstat(int(fj.f.Fd()), &after); err != nil {
 			return fmt.Errorf("stat after reading: %w", err)
 		}
-		if r.reopen(fj, &after) {
-			continue
-		}
 		if sameVersion(&fj.st, &after) {
 			fj.entry.node.Content = content
 			return nil
 		}
+		// Renaming another file over the name changed the open one's
+		// ctime (its link count dropped), so only a changed file can
+		// have been renamed over.
+		r.reopen(fj, &after)
 	}
 	return r.changed(fj)
 }
@@ -203,31 +204,30 @@ func (r *reader) refresh(fj *fileJob, st *unix.Stat_t) error {
 	return nil
 }
 
-// reopen reports whether the file's name now names another regular file
-// (cur is the stat of the one open): it was renamed over. fj then reads
-// that one. A name gone, or naming anything else, leaves fj as it is: what
-// it holds is a version the name had during the snapshot.
-func (r *reader) reopen(fj *fileJob, cur *unix.Stat_t) bool {
+// reopen makes fj read the regular file its name now names, if that is
+// not the one open (cur is its stat): it was renamed over. A name gone, or
+// naming anything else, leaves fj as it is: what it holds is a version the
+// name had during the snapshot.
+func (r *reader) reopen(fj *fileJob, cur *unix.Stat_t) {
 	if fj.dirfd < 0 {
-		return false
+		return
 	}
 	var named unix.Stat_t
 	err := unix.Fstatat(fj.dirfd, fj.entry.name, &named, unix.AT_SYMLINK_NOFOLLOW)
 	if err != nil || (named.Dev == cur.Dev && named.Ino == cur.Ino) || named.Mode&unix.S_IFMT != unix.S_IFREG {
-		return false
+		return
 	}
 	f, err := openFile(fj.dirfd, fj.entry.name)
 	if err != nil {
-		return false
+		return
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 		f.Close()
-		return false
+		return
 	}
 	fj.f.Close()
 	fj.f = f
-	return true
 }
 
 // changed records a file that changed during every attempt: never reused

@@ -87,7 +87,7 @@ func Serve(ctx context.Context, open func() (*chunkstore.Repo, error), r io.Read
 	}
 	s.repo = repo
 	s.clientCaps = h.Caps
-	welcome := Welcome{Version: ProtocolVersion, Caps: capDelta | capFetch, Polynomial: uint64(repo.Config().Polynomial), Program: opts.Program}
+	welcome := Welcome{Version: ProtocolVersion, Caps: capsSpoken &^ capApply, Polynomial: uint64(repo.Config().Polynomial), Program: opts.Program}
 	if opts.Apply != nil {
 		welcome.Caps |= capApply
 	}

@@ -23,12 +23,13 @@ type forgetOptions struct {
 	set    string
 	policy retention.Policy
 	dryRun bool
+	prune  bool
 }
 
 func newForgetCmd(g *globals) *cobra.Command {
 	var o forgetOptions
 	cmd := &cobra.Command{
-		Use:   "forget [--set S] --keep-last N | --keep-hourly N | ... [--dry-run]",
+		Use:   "forget [--set S] --keep-last N | --keep-hourly N | ... [--dry-run | --prune]",
 		Short: "Remove snapshots a retention policy does not keep (prune then frees their data)",
 		Long: `Apply a retention policy to the snapshots of each set separately (with --set,
 of that set only) and remove the snapshots it does not keep, as restic forget
@@ -54,14 +55,16 @@ newer than a target's applied snapshot that still waits for the set's apply
 delay are always kept.
 
 forget removes the snapshots from the index only; their data stays in the
-packs until prune. Until then, repair index finds them in the packs and
+packs until prune (--prune runs it next, under the same lock, with its
+default --max-unused). Until then, repair index finds them in the packs and
 brings them back.
 
 --json prints one object per set, snapshots oldest first (the same with
 --dry-run, which changes nothing):
   [{"set": "os",
     "keep":   [{"id": "<64 hex digits>", "time": "<RFC 3339>", "reasons": ["last snapshot", "daily snapshot"]}],
-    "remove": [{"id": "<64 hex digits>", "time": "<RFC 3339>"}]}]`,
+    "remove": [{"id": "<64 hex digits>", "time": "<RFC 3339>"}]}]
+With --prune: {"forget": <that list>, "prune": <prune --json's object>}.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runForget(cmd.Context(), g, o, time.Now(), time.Local)
@@ -78,6 +81,7 @@ brings them back.
 	f.Var(keepCount{&p.Yearly}, "keep-yearly", "keep the newest snapshot of each of the `N` newest years that have one")
 	f.Var(keepSpan{&p.Within}, "keep-within", "keep the snapshots newer than the latest one minus `SPAN` (7d, 36h, 1y6m)")
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "print what would be removed, remove nothing")
+	f.BoolVar(&o.prune, "prune", false, "then prune: free the data of the snapshots removed")
 	return cmd
 }
 
@@ -153,7 +157,11 @@ type forgotJSON struct {
 // given), holding what the standby state needs, and removes the rest from
 // the index unless o.dryRun. now is the clock of the apply delay and of
 // snapshots dated in the future; loc the zone of the policy's periods.
-func runForget(_ context.Context, g *globals, o forgetOptions, now time.Time, loc *time.Location) error {
+func runForget(ctx context.Context, g *globals, o forgetOptions, now time.Time, loc *time.Location) error {
+	start := time.Now()
+	if o.dryRun && o.prune {
+		return usageErrorf("--prune with --dry-run: a dry run removes nothing for prune to free; run forget --dry-run alone")
+	}
 	if err := o.policy.Validate(); err != nil {
 		if errors.Is(err, retention.ErrEmptyPolicy) {
 			return usageErrorf("no retention policy: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly, --keep-within (forget will not remove every snapshot)")
@@ -182,10 +190,29 @@ func runForget(_ context.Context, g *globals, o forgetOptions, now time.Time, lo
 	if err != nil {
 		return err
 	}
-	if g.json {
-		return printJSON(g.stdout, forgetJSON(decided))
+	if !o.prune {
+		if g.json {
+			return printJSON(g.stdout, forgetJSON(decided))
+		}
+		return g.printForget(o, decided, removed, loc)
 	}
-	return g.printForget(o, decided, removed, loc)
+	if !g.json {
+		if err := g.printForget(o, decided, removed, loc); err != nil {
+			return err
+		}
+	}
+	rep, err := prune(ctx, g, repo, defaultMaxUnused, false, start)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return printJSON(g.stdout, struct {
+			Forget []forgetSetJSON `json:"forget"`
+			Prune  pruneReport     `json:"prune"`
+		}{forgetJSON(decided), rep})
+	}
+	g.printPrune(repo, rep, defaultMaxUnusedText)
+	return nil
 }
 
 // forget decides o.policy for every set's snapshots (o.set's only, when
@@ -307,6 +334,8 @@ func (g *globals) printForget(o forgetOptions, decided []setDecisions, removed i
 		g.printf("nothing to remove\n")
 	case o.dryRun:
 		g.printf("would remove %d snapshots (dry run: nothing changed)\n", removed)
+	case o.prune:
+		g.printf("removed %d snapshots; pruning\n", removed)
 	default:
 		g.printf("removed %d snapshots; their data stays in the repository until prune\n", removed)
 	}

@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/understudy/understudy/chunkstore"
 	"github.com/understudy/understudy/index"
 )
 
@@ -47,23 +46,7 @@ func runPromote(_ context.Context, g *globals, set string, promote bool) error {
 	if promote {
 		what = "promote"
 	}
-	// Exclusive: a push being received finishes first.
-	repo, err := g.openRepoWith(chunkstore.OpenOptions{Mode: chunkstore.Exclusive, What: what, Wait: time.Minute})
-	if err != nil {
-		return err
-	}
-	defer repo.Close()
-	var was time.Time
-	now := time.Now().UTC().Truncate(time.Second)
-	err = repo.Index().UpdateStandby(set, func(st *index.StandbyState) error {
-		was = st.Promoted
-		if promote && was.IsZero() {
-			st.Promoted = now
-		} else if !promote {
-			st.Promoted = time.Time{}
-		}
-		return nil
-	})
+	was, now, err := g.toggleStandby(what, set, promote, func(st *index.StandbyState) *time.Time { return &st.Promoted })
 	if err != nil {
 		return err
 	}

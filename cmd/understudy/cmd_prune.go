@@ -15,6 +15,13 @@ import (
 	"github.com/understudy/understudy/snapshot/tree"
 )
 
+// defaultMaxUnused is prune's --max-unused when none is given (also
+// forget --prune's).
+const (
+	defaultMaxUnusedText = "10%"
+	defaultMaxUnused     = 0.10
+)
+
 type pruneOptions struct {
 	maxUnused string
 	dryRun    bool
@@ -42,7 +49,7 @@ repository's exclusive lock, waiting up to a minute for it.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.maxUnused, "max-unused", "10%", "repack a pack when unused blobs hold more than `PCT` of its bytes (0 to 100)")
+	f.StringVar(&o.maxUnused, "max-unused", defaultMaxUnusedText, "repack a pack when unused blobs hold more than `PCT` of its bytes (0 to 100)")
 	f.BoolVar(&o.dryRun, "dry-run", false, "say what would be deleted and repacked; change nothing")
 	return cmd
 }
@@ -65,10 +72,24 @@ func runPrune(ctx context.Context, g *globals, o pruneOptions) error {
 		return err
 	}
 	defer repo.Close()
+	rep, err := prune(ctx, g, repo, maxUnused, o.dryRun, start)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return printJSON(g.stdout, rep)
+	}
+	g.printPrune(repo, rep, o.maxUnused)
+	return nil
+}
+
+// prune prunes repo, open exclusively, showing progress; start is when the
+// command started, for the report's duration.
+func prune(ctx context.Context, g *globals, repo *chunkstore.Repo, maxUnused float64, dryRun bool, start time.Time) (pruneReport, error) {
 	prog := g.newProgress()
 	st, err := repo.Prune(ctx, chunkstore.PruneOptions{
 		MaxUnused: maxUnused,
-		DryRun:    o.dryRun,
+		DryRun:    dryRun,
 		Links:     blobLinks,
 		Progress: func(phase string, done, total int64) {
 			if total > 0 {
@@ -80,27 +101,29 @@ func runPrune(ctx context.Context, g *globals, o pruneOptions) error {
 	})
 	prog.done()
 	if err != nil {
-		return err
+		return pruneReport{}, err
 	}
-	rep := pruneReport{DryRun: o.dryRun, PruneStats: st, DurationSec: time.Since(start).Seconds()}
-	if g.json {
-		return printJSON(g.stdout, rep)
-	}
+	return pruneReport{DryRun: dryRun, PruneStats: st, DurationSec: time.Since(start).Seconds()}, nil
+}
+
+// printPrune prints rep, the prune of repo with --max-unused maxUnused, as
+// text.
+func (g *globals) printPrune(repo *chunkstore.Repo, rep pruneReport, maxUnused string) {
+	st := rep.PruneStats
 	would := ""
-	if o.dryRun {
+	if rep.DryRun {
 		would = "would have "
 	}
 	g.printf("%s: %d snapshots reach %d blobs (%d trees read)\n", repo.Dir(), st.Snapshots, st.BlobsUsed, st.Trees)
 	g.printf("%sdeleted %d packs of unused blobs only and %d pack files the index did not know\n", would, st.PacksDeleted, st.PacksUnindexed)
-	if o.dryRun {
+	if rep.DryRun {
 		g.printf("would have repacked %d packs: %d blobs, %s copied\n", st.PacksRepacked, st.BlobsRepacked, humanBytes(st.BytesRepacked))
 	} else {
 		g.printf("repacked %d packs into %d: %d blobs, %s copied\n", st.PacksRepacked, st.PacksWritten, st.BlobsRepacked, humanBytes(st.BytesRepacked))
 	}
 	g.printf("%sremoved %d blobs from the index and freed %s of %s; %s unused left in packs under %s\n", would,
-		st.BlobsRemoved, humanBytes(st.BytesFreed), humanBytes(st.BytesBefore), humanBytes(st.UnusedKept), o.maxUnused)
+		st.BlobsRemoved, humanBytes(st.BytesFreed), humanBytes(st.BytesBefore), humanBytes(st.UnusedKept), maxUnused)
 	g.printf("took %s\n", fmtDuration(rep.DurationSec))
-	return nil
 }
 
 // parsePercent reads "10", "10%" or "2.5 %" as a share between 0 and 1.

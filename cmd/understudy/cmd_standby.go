@@ -28,6 +28,24 @@ func (g *globals) updateStandby(what, set string, fn func(*index.StandbyState) e
 	return repo.Index().UpdateStandby(set, fn)
 }
 
+// toggleStandby sets (on) or clears the time stamp field picks in the
+// standby state of set, as updateStandby does; it returns the stamp it had
+// before and the one set now. A stamp already set is kept.
+func (g *globals) toggleStandby(what, set string, on bool, field func(*index.StandbyState) *time.Time) (was, now time.Time, err error) {
+	now = time.Now().UTC().Truncate(time.Second)
+	err = g.updateStandby(what, set, func(st *index.StandbyState) error {
+		f := field(st)
+		was = *f
+		if on && was.IsZero() {
+			*f = now
+		} else if !on {
+			*f = time.Time{}
+		}
+		return nil
+	})
+	return was, now, err
+}
+
 func newHoldCmd(g *globals, hold bool) *cobra.Command {
 	var set string
 	use, short := "release [--set S]", "Resume automatic applies of a set"
@@ -39,17 +57,7 @@ func newHoldCmd(g *globals, hold bool) *cobra.Command {
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var was time.Time
-			now := time.Now().UTC().Truncate(time.Second)
-			err := g.updateStandby(cmd.Name(), set, func(st *index.StandbyState) error {
-				was = st.Held
-				if hold && was.IsZero() {
-					st.Held = now
-				} else if !hold {
-					st.Held = time.Time{}
-				}
-				return nil
-			})
+			was, _, err := g.toggleStandby(cmd.Name(), set, hold, func(st *index.StandbyState) *time.Time { return &st.Held })
 			if err != nil {
 				return err
 			}
@@ -351,10 +359,7 @@ func (g *globals) showStandby(set string) error {
 func configureStandby(st *index.StandbyState, s *Set) []string {
 	var changes []string
 	if s != nil {
-		cur, err := time.ParseDuration(st.ApplyDelay)
-		if st.ApplyDelay == "" {
-			cur, err = 0, nil
-		}
+		cur, err := st.Delay()
 		if err != nil || cur != s.ApplyDelay {
 			want := ""
 			if s.ApplyDelay > 0 {

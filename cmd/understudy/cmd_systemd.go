@@ -394,33 +394,6 @@ func writeUnits(dir string, units []unitFile, force bool) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path through a temporary file in its
-// directory, synced and renamed over path: a reader sees the old file or
-// the new one, never part of it.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(perm)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
-}
-
 // syncDir makes the renames into dir durable.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

@@ -145,6 +145,23 @@ func TestForgetKeepLast(t *testing.T) {
 	if got := f.ids(t, "default"); len(got) != 3 {
 		t.Fatalf("after another snapshot: %d snapshots", len(got))
 	}
+
+	// --prune frees what forget removed, in the same command.
+	if r := run(t, nil, "-r", f.repo, "forget", "--keep-last", "1", "--prune", "--dry-run"); r.code != exitUsage {
+		t.Errorf("--prune with --dry-run: exit %d, want %d\n%s", r.code, exitUsage, r.stderr)
+	}
+	var both struct {
+		Forget forgetResult `json:"forget"`
+		Prune  pruneReport  `json:"prune"`
+	}
+	decodeJSON(t, runOK(t, "-r", f.repo, "--json", "forget", "--keep-last", "1", "--prune"), &both)
+	if _, removed := both.Forget.of("default"); len(removed) != 2 || both.Prune.Snapshots != 1 || both.Prune.BlobsRemoved == 0 || both.Prune.BytesFreed == 0 {
+		t.Errorf("forget --prune: %+v", both)
+	}
+	runOK(t, "-r", f.repo, "check", "--read-data")
+	if out := runOK(t, "-r", f.repo, "prune", "--dry-run"); !strings.Contains(out, "would have removed 0 blobs") {
+		t.Errorf("a prune after forget --prune still finds work:\n%s", out)
+	}
 }
 
 // Without --set each set gets the policy on its own; with --set only that

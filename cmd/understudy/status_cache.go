@@ -65,29 +65,7 @@ func writeStatusFile(repo *chunkstore.Repo, cfg *Config, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	name := filepath.Join(repo.Dir(), statusFile)
-	tmp := name + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(append(data, '\n'))
-	if err == nil {
-		err = f.Chmod(0o640) // an old file keeps its mode through O_TRUNC
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, name)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	return writeFileAtomic(filepath.Join(repo.Dir(), statusFile), append(data, '\n'), 0o640)
 }
 
 // readStatusFile reads the status.json of the repository dir.

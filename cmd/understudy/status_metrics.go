@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -111,22 +109,7 @@ func writeMetrics(file string, sets []*setStatus, now, asOf time.Time) error {
 		perStandby(func(sb *standbyStatus) (float64, bool) { return float64(sb.PushedTime.Unix()), !sb.Pushed.IsZero() }))
 	family("understudy_push_error", "1 if the last push to the standby failed.",
 		perStandby(func(sb *standbyStatus) (float64, bool) { return boolf(sb.LastError != ""), true }))
-	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".tmp-")
-	if err != nil {
-		return fmt.Errorf("--metrics: %w", err)
-	}
-	_, err = tmp.WriteString(b.String())
-	if err == nil {
-		err = tmp.Chmod(0o644)
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), file)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := writeFileAtomic(file, []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("--metrics %s: %w", file, err)
 	}
 	return nil

@@ -247,12 +247,9 @@ func (h Holds) Add(id index.ID, reason string) {
 // being applied (Time + delay after now), as restore.Standby.Auto judges
 // them. snaps are the set's snapshots, for their times.
 func (h Holds) AddStandby(set string, st index.StandbyState, snaps []Snapshot, now time.Time) error {
-	var delay time.Duration
-	if st.ApplyDelay != "" {
-		var err error
-		if delay, err = time.ParseDuration(st.ApplyDelay); err != nil {
-			return fmt.Errorf("standby state of set %s: apply delay %q: %w", set, st.ApplyDelay, err)
-		}
+	delay, err := st.Delay()
+	if err != nil {
+		return fmt.Errorf("standby state of set %s: %w", set, err)
 	}
 	times := make(map[index.ID]time.Time, len(snaps))
 	for _, s := range snaps {
